@@ -1,0 +1,84 @@
+"""Atomic file and directory writing.
+
+Outputs are never left half-written: files are written to a temporary sibling and renamed into
+place; directories are built in a hidden staging sibling and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from conceptvae.errors import OutputError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse an output directory that exists and is not empty, unless ``force``.
+
+    Returns the path. Raises :class:`OutputError` with a message naming the folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output {path} exists and is not a folder: choose another path")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputError(
+            f"output folder {path} exists and is not empty: choose another folder, "
+            "or pass --force to replace it"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Build a directory in a hidden staging sibling; move it to ``path`` only on success.
+
+    On any exception (including KeyboardInterrupt) the staging directory is removed and ``path``
+    is left exactly as it was. With ``force``, an existing non-empty ``path`` is replaced only
+    after the new content is complete.
+    """
+    path = check_output_dir(path, force)
+    parent = path.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if path.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+        os.replace(path, trash / "old")
+        os.replace(stage, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(stage, path)
