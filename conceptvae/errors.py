@@ -19,3 +19,7 @@ class DataError(ConceptVAEError):
 
 class OutputError(ConceptVAEError):
     """An output location that cannot be written (exists and is not empty, not writable, ...)."""
+
+
+class ModelError(ConceptVAEError):
+    """A model directory or configuration that cannot be used (missing, truncated, mismatched)."""
