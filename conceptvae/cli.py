@@ -64,18 +64,24 @@ def _load(data: str | os.PathLike, labels: str | None = None):
 
 @cli.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--n", "n", default=20000, show_default=True, help="Number of images.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--workers", default=2, show_default=True, help="Rendering processes.")
+@click.option(
+    "--n", "n", type=click.IntRange(min=1), default=20000, show_default=True, help="Images."
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Same seed, same bytes.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes."
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 def synth(out: str, n: int, seed: int, workers: int, force: bool) -> None:
     """Render N SynthFaces into OUT in CelebA's official layout."""
     from conceptvae.data.synth import write_synthfaces
 
-    if n < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--n")
-    if workers < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--workers")
     summary = write_synthfaces(out, n=n, seed=seed, workers=workers, force=force, progress=True)
     click.echo(
         f"wrote {n} SynthFaces to {out} in {summary['seconds']:.1f} s "
@@ -85,7 +91,9 @@ def synth(out: str, n: int, seed: int, workers: int, force: bool) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="[DATA] OUT")
-@click.option("--image-size", default=64, show_default=True, help="Side of the square images.")
+@click.option(
+    "--image-size", type=click.IntRange(min=8), default=64, show_default=True, help="Image side."
+)
 @click.option(
     "--crop",
     type=int,
@@ -93,7 +101,9 @@ def synth(out: str, n: int, seed: int, workers: int, force: bool) -> None:
     help="Side of the centred square cut before resizing [default: 148 for CelebA, "
     "else the largest centred square].",
 )
-@click.option("--workers", default=0, show_default=True, help="Decoding processes (0: all cores).")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="0: all cores."
+)
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels CSV for an image folder.")
 @click.option("--positive", type=click.Path(file_okay=False), help="Folder of positive images.")
 @click.option("--negative", type=click.Path(file_okay=False), help="Folder of negative images.")

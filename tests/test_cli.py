@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from conceptvae.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_synth_prepare_info_end_to_end(tmp_path):
+    data, cache = tmp_path / "synth", tmp_path / "cache"
+    r = run("synth", data, "--n", 24, "--seed", 3, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert len(list((data / "img_align_celeba").glob("*.jpg"))) == 24
+
+    r = run("info", data)
+    assert r.exit_code == 0, r.output
+    assert "layout: celeba-official" in r.output
+    assert "images: 24" in r.output
+    assert "Smiling" in r.output and "Eyeglasses" in r.output
+
+    r = run("prepare", data, cache, "--image-size", 32, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert "prepared 24 images at 32 px" in r.output
+    assert np.load(cache / "images.npy", mmap_mode="r").shape == (24, 3, 32, 32)
+
+    r = run("info", cache, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["kind"] == "prepared cache"
+    assert summary["images"] == 24
+    assert sum(summary["partitions"].values()) == 24
+    names = [a["name"] for a in summary["attributes"]]
+    assert len(names) == 40 and names[31] == "Smiling"
+    labels = np.load(cache / "labels.npy")
+    assert [a["positives"] for a in summary["attributes"]] == labels.sum(0).tolist()
+
+
+def test_info_on_a_path_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert_one_line_error(run("info", tmp_path), str(tmp_path), "not a dataset")
+
+
+def test_synth_refuses_a_non_empty_folder_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_one_line_error(run("synth", out, "--n", 2), "not empty", "--force")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_prepare_pair_form_needs_both_folders(tmp_path):
+    r = run("prepare", tmp_path / "cache", "--positive", tmp_path)
+    assert r.exit_code == 2
+    assert "--positive and --negative go together" in r.output
