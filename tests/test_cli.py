@@ -65,3 +65,24 @@ def test_prepare_pair_form_needs_both_folders(tmp_path):
     r = run("prepare", tmp_path / "cache", "--positive", tmp_path)
     assert r.exit_code == 2
     assert "--positive and --negative go together" in r.output
+
+
+def test_a_plain_script_without_main_guard_can_use_worker_processes(tmp_path):
+    # Users write top-level scripts; worker processes must not re-run them (spawn would).
+    import subprocess
+    import sys
+
+    script = tmp_path / "make_data.py"
+    script.write_text(
+        "from conceptvae.data import open_dataset\n"
+        "from conceptvae.data.cache import prepare\n"
+        "from conceptvae.data.synth import write_synthfaces\n"
+        "write_synthfaces('synth', n=40, seed=1, workers=2, progress=False)\n"
+        "cache = prepare(open_dataset('synth'), 'cache', image_size=16, workers=2, progress=False)\n"
+        "print('rows', len(cache))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "rows 40"

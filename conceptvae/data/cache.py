@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
@@ -44,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from conceptvae._fs import atomic_write_json, check_output_dir
+from conceptvae._parallel import worker_context
 from conceptvae.data import LabelledImages
 from conceptvae.errors import DataError, OutputError
 
@@ -750,9 +750,7 @@ def _run_chunks(tasks: list[tuple], workers: int) -> Iterator[tuple]:
         for task in tasks:
             yield _decode_chunk(task)
         return
-    executor = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(), initializer=_worker_init
-    )
+    executor = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_worker_init)
     try:
         queue = iter(tasks)
         pending = {executor.submit(_decode_chunk, t) for t in itertools.islice(queue, 2 * workers)}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from conceptvae._fs import staged_dir
+from conceptvae._parallel import worker_context
 from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE, CELEBA_ATTRIBUTES, LANDMARK_NAMES
 
 __all__ = [
@@ -1778,9 +1778,9 @@ def write_synthfaces(
                 results = map(_chunk_task, tasks)
                 _collect(results, labels, marks, boxes, bar)
             else:
-                # spawn: safe whatever the parent holds (threads, torch); an executor rather
-                # than a Pool, so that a worker that dies raises instead of hanging
-                ctx = multiprocessing.get_context("spawn")
+                # an executor rather than a Pool, so that a worker that dies raises instead
+                # of hanging
+                ctx = worker_context()
                 with ProcessPoolExecutor(
                     min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker
                 ) as pool:
