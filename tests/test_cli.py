@@ -78,7 +78,8 @@ def test_a_plain_script_without_main_guard_can_use_worker_processes(tmp_path):
         "from conceptvae.data.cache import prepare\n"
         "from conceptvae.data.synth import write_synthfaces\n"
         "write_synthfaces('synth', n=40, seed=1, workers=2, progress=False)\n"
-        "cache = prepare(open_dataset('synth'), 'cache', image_size=16, workers=2, progress=False)\n"
+        "ds = open_dataset('synth')\n"
+        "cache = prepare(ds, 'cache', image_size=16, workers=2, progress=False)\n"
         "print('rows', len(cache))\n"
     )
     r = subprocess.run(
