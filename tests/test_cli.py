@@ -68,12 +68,15 @@ def test_prepare_pair_form_needs_both_folders(tmp_path):
 
 
 def test_a_plain_script_without_main_guard_can_use_worker_processes(tmp_path):
-    # Users write top-level scripts; worker processes must not re-run them (spawn would).
+    # Users write top-level scripts; worker processes must not re-run them (plain spawn would),
+    # and must not inherit OpenCV's busy thread pool (fork did: the workers deadlocked).
     import subprocess
     import sys
 
     script = tmp_path / "make_data.py"
     script.write_text(
+        "import cv2, numpy as np\n"
+        "for _ in range(20): cv2.GaussianBlur(np.ones((2000, 2000, 3), np.uint8), (31, 31), 9)\n"
         "from conceptvae.data import open_dataset\n"
         "from conceptvae.data.cache import prepare\n"
         "from conceptvae.data.synth import write_synthfaces\n"

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from conceptvae._fs import atomic_write_json, check_output_dir
-from conceptvae._parallel import worker_context
+from conceptvae._parallel import worker_pool
 from conceptvae.data import LabelledImages
 from conceptvae.errors import DataError, OutputError
 
@@ -750,8 +750,7 @@ def _run_chunks(tasks: list[tuple], workers: int) -> Iterator[tuple]:
         for task in tasks:
             yield _decode_chunk(task)
         return
-    executor = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_worker_init)
-    try:
+    with worker_pool(workers, _worker_init) as executor:
         queue = iter(tasks)
         pending = {executor.submit(_decode_chunk, t) for t in itertools.islice(queue, 2 * workers)}
         while pending:
@@ -760,8 +759,6 @@ def _run_chunks(tasks: list[tuple], workers: int) -> Iterator[tuple]:
                 for t in itertools.islice(queue, 1):
                     pending.add(executor.submit(_decode_chunk, t))
                 yield future.result()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _publish(partial: Path, out: Path, force: bool) -> PreparedCache:

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from conceptvae._fs import staged_dir
-from conceptvae._parallel import worker_context
+from conceptvae._parallel import worker_pool
 from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE, CELEBA_ATTRIBUTES, LANDMARK_NAMES
 
 __all__ = [
@@ -1780,18 +1780,10 @@ def write_synthfaces(
             else:
                 # an executor rather than a Pool, so that a worker that dies raises instead
                 # of hanging
-                ctx = worker_context()
-                with ProcessPoolExecutor(
-                    min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker
-                ) as pool:
+                with worker_pool(min(workers, len(tasks)), _init_worker) as pool:
                     futures = [pool.submit(_chunk_task, t) for t in tasks]
-                    try:
-                        _collect((fu.result() for fu in as_completed(futures)), labels, marks,
-                                 boxes, bar)  # fmt: skip
-                    except BaseException:
-                        for fu in futures:
-                            fu.cancel()
-                        raise
+                    _collect((fu.result() for fu in as_completed(futures)), labels, marks,
+                             boxes, bar)  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
