@@ -226,5 +226,213 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# train, sample, reconstruct
+
+_RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "model.safetensors")
+_RUN_DIRS = ("samples", "recon")
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _attr_names(data: str) -> list[str]:
+    return list(_load(data).attr_names)
+
+
+@cli.command()
+@click.argument("data", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder.")
+@click.option("--image-size", type=int, default=64, show_default=True, help="64, 128 or 256.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--channels", callback=_int_list, help="Widths per resolution, e.g. 32,64,128,256.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Per process.")  # fmt: skip
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--beta", type=float, default=0.05, show_default=True, help="KL weight.")
+@click.option("--kl-warmup-steps", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--region-weight", type=float, default=0.0, show_default=True,
+              help="Extra loss weight on eyes and mouth (0: off).")  # fmt: skip
+@click.option("--attr-weight", type=float, default=0.0, show_default=True,
+              help="Weight of an attribute head on mu (0: no head).")  # fmt: skip
+@click.option("--max-minutes", type=float, default=None, help="Stop (saving) after this long.")
+@click.option("--max-steps", type=click.IntRange(min=0), default=None, help="Stop after this step.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes for preparing a raw dataset (0: all cores).")  # fmt: skip
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="torch.compile the model.")  # fmt: skip
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Linear probe of every attribute after each epoch.")  # fmt: skip
+@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint.")
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Where to prepare a raw dataset [default: OUT-cache beside OUT].")  # fmt: skip
+@click.option("--force", is_flag=True, help="Start over in a non-empty OUT.")
+def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **opts: Any) -> None:
+    """Train a ConceptVAE on DATA (a prepared cache or a dataset) into the run folder OUT.
+
+    With --resume, options not given on the command line keep the run's values.
+    """
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    from conceptvae.errors import OutputError
+    from conceptvae.model import VAEConfig
+    from conceptvae.train import TrainConfig, read_checkpoint_configs, resolve_device
+    from conceptvae.train import train as train_run
+
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (
+            ParameterSource.DEFAULT,
+            ParameterSource.DEFAULT_MAP,
+        )
+
+    if resume and force:
+        raise click.UsageError("--resume continues OUT and --force starts over: give one")
+    run = Path(out)
+    rank = int(os.environ.get("RANK", "0"))
+    if run.exists() and not run.is_dir():
+        raise OutputError(f"output {run} exists and is not a folder: choose another path")
+    if not resume and rank == 0 and run.is_dir() and any(run.iterdir()):
+        if not force:
+            raise OutputError(
+                f"output folder {run} exists and is not empty: pass --resume to continue its "
+                "run, --force to start over, or choose another folder"
+            )
+        import shutil
+
+        for name in _RUN_FILES:
+            (run / name).unlink(missing_ok=True)
+        for name in _RUN_DIRS:
+            shutil.rmtree(run / name, ignore_errors=True)
+
+    model_keys = ("image_size", "latent_dim", "patch_size", "channels", "beta", "region_weight")
+    train_keys = ("epochs", "batch_size", "lr", "kl_warmup_steps", "max_minutes", "max_steps",
+                  "seed", "workers", "probe", "log_every")  # fmt: skip
+    if resume:
+        mc, tc = read_checkpoint_configs(run)
+        tc["max_minutes"] = tc["max_steps"] = None  # budgets belong to one invocation
+    else:
+        mc, tc = {}, {}
+    for k in model_keys:
+        if not resume or given(k):
+            mc[k] = opts[k]
+    if not resume or given("attr_weight"):
+        w = opts["attr_weight"]
+        mc["attr_weight"] = w
+        mc["attr_dim"] = len(_attr_names(data)) if w > 0 else 0
+    for k in train_keys:
+        if not resume or given(k):
+            tc[k] = opts[k]
+    tc["compile"] = opts["compile_"] if (not resume or given("compile_")) else tc.get("compile")
+    tc["device"] = str(resolve_device(opts["device"]))  # only the CLI resolves "auto"
+    model_config = VAEConfig.from_dict(mc)
+    config = TrainConfig.from_dict(tc)
+    try:
+        train_run(data, run, model_config, config, resume=resume, cache=cache, progress=True)
+    except KeyboardInterrupt:
+        if rank == 0:
+            click.echo(
+                f"interrupted; the run is saved in {run}: add --resume to continue", err=True
+            )
+        ctx.exit(130)
+    if rank == 0:
+        click.echo(f"saved the model to {run} (metrics in {run / 'metrics.jsonl'})")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def sample(run: str, n: int, temperature: float, seed: int, output: str, device: str) -> None:
+    """Decode N prior samples of the model in RUN into a grid PNG."""
+    from conceptvae.model import ConceptVAE
+    from conceptvae.train import resolve_device, sample_grid, save_png
+
+    model = ConceptVAE.from_pretrained(run, device=resolve_device(device))
+    save_png(sample_grid(model, n, temperature, seed), output)
+    click.echo(f"wrote {n} samples to {output}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("-n", "n", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid",
+              show_default=True, help="Falls back to test when the split is empty.")  # fmt: skip
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def reconstruct(run: str, data: str, n: int, split: str, output: str, device: str) -> None:
+    """Write N images of DATA beside their reconstructions by the model in RUN."""
+    from conceptvae.model import ConceptVAE
+    from conceptvae.train import reconstruction_grid, resolve_device, save_png
+
+    model = ConceptVAE.from_pretrained(run, device=resolve_device(device))
+    images = _first_images(data, split, n, model.config.image_size)
+    save_png(reconstruction_grid(model, images), output)
+    click.echo(f"wrote {images.shape[0]} reconstructions to {output}")
+
+
+def _first_images(data: str, split: str, n: int, image_size: int):
+    """The first ``n`` images of ``split`` (else test) as float (n, 3, S, S) in [0, 1].
+
+    From a prepared cache directly; from a raw dataset, only those images are prepared (in a
+    temporary folder).
+    """
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from conceptvae.data.cache import PARTITIONS, PreparedCache, prepare
+
+    ds = _load(data)
+    order = [split] + [s for s in ("valid", "test", "train") if s != split]
+    if isinstance(ds, PreparedCache):
+        if ds.image_size != image_size:
+            raise DataError(
+                f"{data} holds {ds.image_size} px images but the model takes {image_size} px: "
+                f"prepare the data at {image_size} px"
+            )
+        idx = next((i for i in (ds.split(s) for s in order) if i.size), ds.split("all"))
+        return ds.batch(idx[:n])
+    part = None if ds.partition is None else np.asarray(ds.partition)
+    idx = np.arange(len(ds))
+    if part is not None:
+        idx = next(
+            (i for i in (np.flatnonzero(part == PARTITIONS[s]) for s in order) if i.size), idx
+        )
+    idx = idx[:n]
+    subset = dataclasses.replace(
+        ds,
+        filenames=[ds.filenames[i] for i in idx],
+        **{
+            k: None if getattr(ds, k) is None else np.asarray(getattr(ds, k))[idx]
+            for k in ("labels", "partition", "identity", "landmarks", "bbox")
+        },
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = prepare(subset, Path(tmp) / "c", image_size=image_size, workers=1, progress=False)
+        return cache.batch(np.arange(len(cache)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -23,3 +23,7 @@ class OutputError(ConceptVAEError):
 
 class ModelError(ConceptVAEError):
     """A model directory or configuration that cannot be used (missing, truncated, mismatched)."""
+
+
+class TrainError(ConceptVAEError):
+    """A training run that cannot start or go on (bad settings, no checkpoint, a diverged loss)."""

@@ -1,0 +1,972 @@
+"""The training loop: one process, or DDP under torchrun; checkpoints, exact resume.
+
+``train(data, out, model_config, config)`` reads a prepared cache (preparing one first when
+``data`` is a raw dataset), trains a :class:`~conceptvae.model.ConceptVAE` and writes into
+``out``::
+
+    config.json, model.safetensors   the model (save_pretrained), every epoch and at the end
+    checkpoint.pt                    model, optimizer, scheduler, step, epoch, position in the
+                                     epoch, RNG states, both configs (torch.save of plain data)
+    metrics.jsonl                    one line per log_every steps, one per epoch (valid ELBO,
+                                     MSE, PSNR, linear-probe balanced accuracy per attribute)
+    samples/epoch_XXX.png            prior samples (fixed seed)
+    recon/epoch_XXX.png              valid originals beside their reconstructions
+
+The batch order depends only on (seed, epoch), the noise comes from a seeded generator whose
+state is checkpointed, and checkpoints are taken only between optimizer steps, so a run that is
+interrupted and resumed ends with bit-identical parameters to one that was not (single process,
+same device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from conceptvae._fs import atomic_write, atomic_write_bytes, atomic_write_text
+from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE
+from conceptvae.data.cache import BatchLoader, PreparedCache, is_cache, open_cache
+from conceptvae.errors import TrainError
+from conceptvae.model import IMAGE_SIZES, ConceptVAE, VAEConfig, region_weight_map
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "TrainConfig",
+    "read_checkpoint_configs",
+    "reconstruction_grid",
+    "resolve_device",
+    "sample_grid",
+    "save_png",
+    "train",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("cosine", "constant")
+# Changing these mid-run changes which images a step sees or which noise it draws.
+_ORDER_KEYS = ("batch_size", "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model itself is a :class:`VAEConfig`).
+
+    ``batch_size`` is per process (under DDP the effective batch is ``batch_size * world``).
+    ``beta`` overrides ``VAEConfig.beta`` when not None; it is reached linearly over
+    ``kl_warmup_steps``. ``max_minutes`` / ``max_steps`` stop cleanly (saving) when reached;
+    ``checkpoint_minutes`` is how often a checkpoint is written between epochs. ``device`` is
+    ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta: float | None = None
+    kl_warmup_steps: int = 2000
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    checkpoint_minutes: float = 10.0
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 50
+    sample_every_epoch: bool = True
+    compile: bool = False
+    probe: bool = True
+    probe_samples: int = 2000
+    eval_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        for name, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("kl_warmup_steps", 0),
+            ("seed", 0),
+            ("workers", 0),
+            ("log_every", 1),
+            ("probe_samples", 2),
+            ("eval_samples", 1),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise TrainError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        if self.max_steps is not None and (
+            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+        ):
+            raise TrainError(f"max_steps must be an integer or None, got {self.max_steps!r}")
+        for name, positive in (
+            ("lr", True),
+            ("beta", False),
+            ("min_lr_ratio", False),
+            ("weight_decay", False),
+            ("grad_clip", True),
+            ("max_minutes", True),
+            ("checkpoint_minutes", True),
+        ):
+            v = getattr(self, name)
+            if v is None and name in ("beta", "grad_clip", "max_minutes"):
+                continue
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            if not ok or v < 0 or (positive and v == 0):
+                raise TrainError(
+                    f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}"
+                )
+        if self.lr_schedule not in SCHEDULES:
+            raise TrainError(
+                f"lr_schedule {self.lr_schedule!r} is not known: use cosine or constant"
+            )
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            raise TrainError(f"device {self.device!r} is not known: use auto, cpu or cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a :class:`TrainError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError(
+                f"--device {name} was asked for but CUDA is not available to torch "
+                f"{torch.__version__} here: use --device cpu (or auto)"
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise TrainError(f"device {name!r} is not known: use auto, cpu or cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # we called init_process_group, so we tear it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    owned = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        owned = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owned)
+
+
+def _any_rank(flags: list[bool], d: _Dist, device: torch.device) -> list[bool]:
+    """Each flag true when it is true on any rank (every rank must call this at the same point)."""
+    if d.world == 1:
+        return flags
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
+def _sync_buffers(model: nn.Module, d: _Dist) -> None:
+    """Give every rank rank 0's BatchNorm statistics (DDP syncs them only before a forward)."""
+    if d.world > 1:
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
+def _barrier(d: _Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _open_data(
+    data: Any, out: Path, image_size: int, cache: Any, workers: int, progress: bool, d: _Dist
+) -> PreparedCache:
+    """A prepared cache from ``data`` (a cache, or a raw dataset prepared once beside ``out``)."""
+    if isinstance(data, PreparedCache):
+        c = data
+    elif is_cache(data):
+        c = open_cache(data)
+    else:
+        from conceptvae.data import open_dataset
+        from conceptvae.data.cache import prepare
+
+        cache_dir = Path(cache) if cache is not None else out.parent / (out.name + "-cache")
+        c = None
+        if d.main:
+            source = open_dataset(data)  # DataError when DATA is not a dataset
+            if is_cache(cache_dir):
+                c = open_cache(cache_dir)
+            else:
+                c = prepare(
+                    source, cache_dir, image_size=image_size, workers=workers, progress=progress
+                )
+        _barrier(d)
+        if c is None:
+            c = open_cache(cache_dir)
+    if c.image_size != image_size:
+        if c.image_size in IMAGE_SIZES:
+            hint = f"pass --image-size {c.image_size}, or prepare the data again at {image_size} px"
+        else:
+            hint = (
+                f"prepare the data again at one of {', '.join(map(str, IMAGE_SIZES))} px "
+                f"(conceptvae prepare DATA OUT --image-size {image_size})"
+            )
+        raise TrainError(
+            f"{c.path} holds {c.image_size} px images but the model is configured for "
+            f"{image_size} px: {hint}"
+        )
+    return c
+
+
+def template_points(meta: dict[str, Any], image_size: int) -> np.ndarray:
+    """Eyes and mouth centre (3, 2) in 0-based cache pixels from CelebA's aligned template.
+
+    Used when the data has no landmarks: for CelebA layouts the template is mapped through the
+    cache's centre crop (meta.json's ``crop``); for anything else, where the frame is unknown,
+    one point at the image centre.
+    """
+    layout = str(meta.get("layout") or "")
+    if not layout.startswith("celeba"):
+        c = (image_size - 1) / 2.0
+        return np.array([[c, c]], np.float32)
+    w, h = ALIGNED_SIZE
+    crop = meta.get("crop")
+    crop = float(crop) if isinstance(crop, (int, float)) and crop > 0 else float(min(w, h))
+    left, top = math.floor((w - crop) / 2), math.floor((h - crop) / 2)
+    s = image_size / crop
+    pts = [ALIGNED_TEMPLATE[k] for k in ("lefteye", "righteye", "mouth")]
+    return np.array(
+        [[(x - 1.0 - left + 0.5) * s - 0.5, (y - 1.0 - top + 0.5) * s - 0.5] for x, y in pts],
+        np.float32,
+    )
+
+
+class _Feeder:
+    """Batches on the device: images float32 in [0, 1], labels, per-pixel loss weights."""
+
+    def __init__(self, c: PreparedCache, cfg: VAEConfig, device: torch.device) -> None:
+        self.c, self.cfg, self.device = c, cfg, device
+        self.gpu_images = None
+        if device.type == "cuda":
+            # uint8 on the GPU when it fits comfortably: no host copies or PCIe per batch.
+            free, _ = torch.cuda.mem_get_info(device)
+            if c.images.nbytes < 0.4 * free:
+                self.gpu_images = torch.from_numpy(np.ascontiguousarray(c.images)).to(device)
+        self.points = None  # (N, 3, 2) per image, or None with a fixed map below
+        self.fixed_weight = None
+        s = cfg.image_size
+        self.sigma = cfg.region_sigma * s
+        if cfg.region_weight > 0:
+            if c.landmarks is not None:
+                lm = np.asarray(c.landmarks, np.float32)
+                mouth = lm[:, 3:5].mean(axis=1, keepdims=True)
+                self.points = np.concatenate([lm[:, 0:2], mouth], axis=1)  # (N, 3, 2)
+            else:
+                pts = template_points(c.meta, s)
+                self.fixed_weight = region_weight_map(s, pts, self.sigma, cfg.region_weight).to(
+                    device
+                )
+
+    def __call__(self, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        if self.gpu_images is not None:
+            idx = torch.from_numpy(sel).to(self.device)
+            x = self.gpu_images[idx].float().div_(255.0)
+        else:
+            x = self.c.batch(sel).to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = None
+        if self.cfg.attr_dim > 0:
+            y = self.c.batch_labels(sel).to(self.device, non_blocking=True)
+        w = self.fixed_weight
+        if self.points is not None:
+            pts = torch.from_numpy(self.points[sel]).to(self.device)
+            w = region_weight_map(self.cfg.image_size, pts, self.sigma, self.cfg.region_weight)
+        return x, y, w
+
+
+class _LossModule(nn.Module):
+    """forward = the VAE's loss, so DistributedDataParallel sees (and syncs) the whole step."""
+
+    def __init__(self, vae: ConceptVAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x, weight, labels, beta, generator) -> dict[str, torch.Tensor]:
+        return self.vae.loss(x, weight=weight, labels=labels, beta=beta, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def _grid_png(images: torch.Tensor, nrow: int) -> bytes:
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+    arr = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def save_png(png: bytes, path: str | os.PathLike) -> Path:
+    """Write PNG bytes atomically, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png)
+    return path
+
+
+@torch.inference_mode()
+def sample_grid(model: ConceptVAE, n: int = 64, temperature: float = 1.0, seed: int = 0) -> bytes:
+    """PNG bytes of ``n`` prior samples in a square-ish grid (``ceil(sqrt(n))`` per row).
+
+    The latents are drawn on the CPU from ``seed``, so the grid is the same on any device.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.config.latent_dim, generator=g) * temperature  # (n, D)
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.decode(z.to(model.device))
+    finally:
+        model.train(was_training)
+    return _grid_png(x, nrow=math.ceil(math.sqrt(n)))
+
+
+@torch.inference_mode()
+def reconstruction_grid(model: ConceptVAE, images: torch.Tensor) -> bytes:
+    """PNG bytes: each original (B, 3, S, S) in [0, 1] with its reconstruction to its right."""
+    was_training = model.training
+    model.eval()
+    try:
+        r = model.reconstruct(images).float().cpu()
+    finally:
+        model.train(was_training)
+    pairs = torch.stack([images.float().cpu(), r], dim=1).flatten(0, 1)  # (2B, 3, S, S)
+    per_row = max(1, math.ceil(math.sqrt(images.shape[0] / 2)))
+    return _grid_png(pairs, nrow=2 * per_row)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.inference_mode()
+def _means(vae: ConceptVAE, feed: _Feeder, idx: np.ndarray, bs: int) -> torch.Tensor:
+    out = []
+    for k in range(0, idx.size, bs):
+        x, _, _ = feed(idx[k : k + bs])
+        out.append(vae.encode(x).mean.float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def _evaluate(vae: ConceptVAE, feed: _Feeder, idx: np.ndarray, bs: int) -> dict[str, float]:
+    """Valid ELBO (beta 1, pixel term only), MSE and PSNR, all at the posterior means."""
+    cfg = vae.config
+    neg_elbo, kl_sum, mse_sum, psnr_sum = 0.0, 0.0, 0.0, 0.0
+    for k in range(0, idx.size, bs):
+        x, _, _ = feed(idx[k : k + bs])
+        q = vae.encode(x)
+        err = (vae.decode(q.mean).float() - x.float()).flatten(1)  # (B, 3SS)
+        pix = err.square() if cfg.pixel_loss == "mse" else err.abs()
+        kl = q.kl().float()  # (B,)
+        mse = err.square().mean(1)  # (B,)
+        neg_elbo += float((cfg.pixel_weight * pix.sum(1) + kl).sum())
+        kl_sum += float(kl.sum())
+        mse_sum += float(mse.sum())
+        psnr_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
+    n = idx.size
+    return {
+        "valid_elbo": -neg_elbo / n,
+        "valid_kl": kl_sum / n,
+        "valid_mse": mse_sum / n,
+        "valid_psnr": psnr_sum / n,
+    }
+
+
+def _probe(
+    vae: ConceptVAE, feed: _Feeder, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: TrainConfig
+) -> dict[str, float]:
+    """Balanced accuracy on valid of a logistic regression from mu to each attribute."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    c = feed.c
+    if not c.attr_names:
+        return {}
+    rng = np.random.default_rng(cfg.seed)
+    tr = np.sort(rng.choice(train_idx, min(train_idx.size, cfg.probe_samples), replace=False))
+    va = valid_idx[: cfg.probe_samples]
+    ytr, yva = np.asarray(c.labels[tr]), np.asarray(c.labels[va])
+    keep = [
+        j
+        for j in range(len(c.attr_names))
+        if 0 < ytr[:, j].sum() < len(tr) and 0 < yva[:, j].sum() < len(va)
+    ]
+    if not keep:
+        return {}
+    ztr = _means(vae, feed, tr, cfg.batch_size).double().numpy()
+    zva = _means(vae, feed, va, cfg.batch_size).double().numpy()
+    mu, sd = ztr.mean(0), ztr.std(0) + 1e-8
+    ztr, zva = (ztr - mu) / sd, (zva - mu) / sd
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at the small max_iter is expected
+        for j in keep:
+            clf = LogisticRegression(max_iter=200).fit(ztr, ytr[:, j])
+            out[c.attr_names[j]] = round(
+                float(balanced_accuracy_score(yva[:, j], clf.predict(zva))), 4
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global state is what we save)
+    py = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": gen.get_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+    }
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen.set_state(state["generator"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def _write_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary sibling, fsync, rename: the old checkpoint survives any failure."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _load_checkpoint(out: Path) -> dict[str, Any]:
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        raise TrainError(
+            f"no checkpoint at {path}: nothing to resume; start a new run without --resume"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise TrainError(f"{path} is damaged or not a conceptvae checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a conceptvae training checkpoint (format 1)")
+    return ckpt
+
+
+def read_checkpoint_configs(out: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (model config, train config) dicts stored in ``OUT/checkpoint.pt``."""
+    ckpt = _load_checkpoint(Path(out))
+    return dict(ckpt["model_config"]), dict(ckpt["train_config"])
+
+
+def _config_diff(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(given))
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, given {given.get(k)!r}"
+        for k in keys
+        if saved.get(k) != given.get(k)
+    ]
+
+
+def _save_error(out: Path, e: OSError, last_step: int | None) -> TrainError:
+    kept = (
+        f"the previous checkpoint (step {last_step}) is kept"
+        if last_step is not None
+        else "no earlier checkpoint exists"
+    )
+    if e.errno == errno.ENOSPC:
+        return TrainError(
+            f"disk full while saving the run in {out}: {kept}; free some space and run again "
+            "with --resume"
+        )
+    return TrainError(f"cannot save the run in {out} ({e.strerror or e}): {kept}")
+
+
+class _Stop:
+    """Ctrl-C sets a flag the loop reads between steps (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    data: Any,
+    out: str | os.PathLike,
+    model_config: VAEConfig | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ConceptVAE:
+    """Train a ConceptVAE on ``data`` and write the run into ``out``; returns the model (eval).
+
+    ``data``: a prepared cache (path or :class:`PreparedCache`) or any dataset
+    :func:`~conceptvae.data.open_dataset` reads, which is then prepared once into ``cache``
+    (default: ``OUT-cache`` beside ``out``; reused when it exists at the same image size).
+    ``model_config``: None = the checkpoint's when resuming, else ``VAEConfig()``.
+    ``resume``: continue from ``out/checkpoint.pt`` at the exact step (mid-epoch included).
+    Under torchrun (WORLD_SIZE > 1) each process trains a DDP replica and only rank 0 writes.
+    Raises :class:`TrainError` (bad settings, no checkpoint, config mismatch, a non-finite
+    loss, a failed save), :class:`DataError` or :class:`ModelError`.
+    """
+    config = config if config is not None else TrainConfig()
+    out = Path(out)
+    device = resolve_device(config.device)
+    ckpt = None
+    if resume:
+        ckpt = _load_checkpoint(out)
+        saved = VAEConfig.from_dict(ckpt["model_config"])
+        if model_config is None:
+            model_config = saved
+        diff = _config_diff(saved.to_dict(), model_config.to_dict())
+        if diff:
+            raise TrainError(
+                f"{out / CHECKPOINT_NAME} was made with another model config ({'; '.join(diff)}): "
+                "resume with the same settings, or start a new run in another folder"
+            )
+        saved_tc = ckpt["train_config"]
+        diff = [
+            f"{k}: checkpoint {saved_tc.get(k)!r}, given {getattr(config, k)!r}"
+            for k in _ORDER_KEYS
+            if saved_tc.get(k) != getattr(config, k)
+        ]
+        if diff:
+            raise TrainError(
+                f"{out / CHECKPOINT_NAME} was made with another {' and '.join(_ORDER_KEYS)} "
+                f"({'; '.join(diff)}): these set the data order, so keep them when resuming"
+            )
+    if model_config is None:
+        model_config = VAEConfig()
+    d = _init_distributed(device)
+    try:
+        if device.type == "cuda":  # an explicit index, so generators and tensors agree
+            device = torch.device(
+                "cuda",
+                d.local_rank
+                if d.world > 1
+                else (device.index if device.index is not None else torch.cuda.current_device()),
+            )
+        return _train(data, out, model_config, config, ckpt, cache, progress, device, d)
+    finally:
+        if d.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(
+    data: Any,
+    out: Path,
+    mcfg: VAEConfig,
+    cfg: TrainConfig,
+    ckpt: dict[str, Any] | None,
+    cache: Any,
+    progress: bool,
+    device: torch.device,
+    d: _Dist,
+) -> ConceptVAE:
+    c = _open_data(data, out, mcfg.image_size, cache, cfg.workers, progress, d)
+    train_idx = c.split("train")
+    if train_idx.size == 0:
+        raise TrainError(
+            f"the train split of {c.path} is empty (no row of partition.npy is 0): give data "
+            "with training images"
+        )
+    share = -(-train_idx.size // d.world)
+    if cfg.batch_size > share:
+        per = f" per process with {d.world} processes" if d.world > 1 else ""
+        raise TrainError(
+            f"--batch-size {cfg.batch_size} is larger than the train split ({share} images"
+            f"{per}): use --batch-size {share} or less"
+        )
+    if mcfg.attr_dim and mcfg.attr_dim != len(c.attr_names):
+        raise TrainError(
+            f"the model's attr_dim is {mcfg.attr_dim} but {c.path} has {len(c.attr_names)} "
+            f"attributes: set attr_dim to {len(c.attr_names)}"
+        )
+    valid_idx = c.split("valid")
+    if valid_idx.size == 0:
+        valid_idx = c.split("test")
+    valid_idx = valid_idx[: cfg.eval_samples]
+
+    if (
+        d.world > 1
+        and ckpt is not None
+        and ckpt["batch_in_epoch"]
+        and ckpt["world_size"] != d.world
+    ):
+        raise TrainError(
+            f"the checkpoint stopped mid-epoch with {ckpt['world_size']} process(es): resume "
+            f"with the same number (now {d.world})"
+        )
+
+    torch.manual_seed(cfg.seed)
+    vae = ConceptVAE(mcfg)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed + 7919 * d.rank)
+    step = epoch = batch_in_epoch = 0
+    if ckpt is not None:
+        vae.load_state_dict(ckpt["model"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    # channels_last: faster convolutions on CUDA (tensor cores) and on CPU (oneDNN).
+    vae = vae.to(device, memory_format=torch.channels_last)
+    vae.train()
+
+    loader = BatchLoader(c, "train", cfg.batch_size, True, True, cfg.seed, d.rank, d.world)
+    spe = len(loader)
+    total = cfg.epochs * spe
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, total), eta_min=cfg.lr * cfg.min_lr_ratio
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(1, total)  # --epochs may have changed
+        _set_rng_state(ckpt["rng"], gen)
+        if d.world > 1:  # only rank 0's noise was saved: give each rank its own again
+            gen.manual_seed(cfg.seed + 7919 * d.rank + 104729 * step)
+
+    step_module: nn.Module = _LossModule(vae)
+    if cfg.compile:
+        vae.compile()
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    feed = _Feeder(c, mcfg, device)
+    target_beta = mcfg.beta if cfg.beta is None else cfg.beta
+    use_amp = device.type == "cuda"
+
+    out_main = d.main
+    metrics = out / METRICS_NAME
+    if out_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(metrics, step if ckpt is not None else None)
+
+    state = {"saved_step": ckpt["step"] if ckpt is not None else None}
+    rng_snapshot = _rng_state(gen)
+
+    def save(model_too: bool = True) -> None:
+        if not out_main:
+            return
+        obj = {
+            "format": CHECKPOINT_FORMAT,
+            "model": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "steps_per_epoch": spe,
+            "world_size": d.world,
+            "rng": rng_snapshot,
+            "model_config": mcfg.to_dict(),
+            "train_config": cfg.to_dict(),
+        }
+        try:
+            _write_checkpoint(obj, out / CHECKPOINT_NAME)
+            if model_too:
+                vae.save_pretrained(out)
+        except OSError as e:
+            raise _save_error(out, e, state["saved_step"]) from None
+        state["saved_step"] = step
+
+    def log(record: dict[str, Any]) -> None:
+        if out_main:
+            with open(metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    if ckpt is None:
+        save()  # a last good checkpoint exists from the start
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=min(total, cfg.max_steps) if cfg.max_steps else total,
+        initial=step,
+        disable=not (progress and out_main),
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    t_start = t_ckpt = time.monotonic()
+    t_log, log_step = time.monotonic(), step
+    sums = torch.zeros(4, device=device)  # loss, recon, kl, mse since the last log line
+    n_sum = 0
+    stop_reason = None
+    in_step = False
+    try:
+        with _Stop() as stop:
+            while epoch < cfg.epochs and stop_reason is None:
+                loader.set_epoch(epoch)
+                order = loader.epoch_indices(epoch)
+                for k in range(batch_in_epoch, spe):
+                    if cfg.max_steps is not None and step >= cfg.max_steps:
+                        stop_reason = "max_steps"
+                        break
+                    time_up = (
+                        cfg.max_minutes is not None
+                        and time.monotonic() - t_start >= cfg.max_minutes * 60
+                    )
+                    interrupted, time_up = _any_rank([stop.requested, time_up], d, device)
+                    if interrupted or time_up:
+                        stop_reason = "interrupt" if interrupted else "max_minutes"
+                        break
+                    in_step = True
+                    x, y, w = feed(order[k * cfg.batch_size : (k + 1) * cfg.batch_size])
+                    beta = target_beta
+                    if cfg.kl_warmup_steps:
+                        beta = target_beta * min(1.0, (step + 1) / cfg.kl_warmup_steps)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                        res = step_module(x, w, y, beta, gen)
+                    loss = res["loss"]
+                    if _any_rank([not bool(torch.isfinite(loss.detach()))], d, device)[0]:
+                        raise TrainError(
+                            f"the loss became {float(loss.detach()):g} at step {step + 1} (epoch "
+                            f"{epoch + 1}): training stopped; the last good checkpoint "
+                            f"{out / CHECKPOINT_NAME} (step {state['saved_step']}) is kept; "
+                            f"try a lower --lr (now {cfg.lr:g}) and --resume, or a new run"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    batch_in_epoch = k + 1
+                    rng_snapshot = _rng_state(gen)
+                    in_step = False
+                    sums += torch.stack(
+                        [
+                            loss.detach().float(),
+                            res["recon"].float(),
+                            res["kl"].float(),
+                            res["mse"].float(),
+                        ]
+                    )
+                    n_sum += 1
+                    bar.update(1)
+                    if step % cfg.log_every == 0:
+                        vals = _reduce_mean(sums / n_sum, d)
+                        now = time.monotonic()
+                        ips = (step - log_step) * cfg.batch_size * d.world / max(now - t_log, 1e-9)
+                        t_log, log_step = now, step
+                        rec = {
+                            "step": step,
+                            "epoch": epoch + 1,
+                            "loss": vals[0],
+                            "recon": vals[1],
+                            "kl": vals[2],
+                            "mse": vals[3],
+                            "img_per_s": round(ips, 1),
+                            "lr": opt.param_groups[0]["lr"],
+                            "beta": beta,
+                        }
+                        log(rec)
+                        bar.set_postfix(loss=f"{vals[0]:.4g}", img_s=f"{ips:.0f}")
+                        sums.zero_()
+                        n_sum = 0
+                    if out_main and time.monotonic() - t_ckpt >= cfg.checkpoint_minutes * 60:
+                        save()
+                        t_ckpt = time.monotonic()
+                else:
+                    epoch += 1
+                    batch_in_epoch = 0
+                    if out_main:
+                        _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log)
+                        save()
+                        t_ckpt = time.monotonic()
+                    _barrier(d)
+                    t_log = time.monotonic()  # img/s counts training, not evaluation
+            if stop_reason == "interrupt":
+                save()
+                raise KeyboardInterrupt
+        _sync_buffers(vae, d)
+        if state["saved_step"] != step:
+            save()
+        if stop_reason in ("max_minutes", "max_steps") and out_main and progress:
+            bar.write(
+                f"stopped at step {step} ({stop_reason.replace('_', ' ')} reached); "
+                "the run is saved: --resume continues it",
+                file=sys.stderr,
+            )
+    except KeyboardInterrupt:
+        # A Ctrl-C outside a step (e.g. during evaluation) still leaves a consistent state.
+        if not in_step and state["saved_step"] != step:
+            save()
+        raise
+    finally:
+        bar.close()
+    return vae.eval()
+
+
+def _reduce_mean(t: torch.Tensor, d: _Dist) -> list[float]:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= d.world
+    return [float(v) for v in t.cpu()]
+
+
+def _trim_metrics(path: Path, keep_upto: int | None) -> None:
+    """A fresh run starts the log empty; a resumed one drops lines written after its checkpoint."""
+    if keep_upto is None:
+        atomic_write_text(path, "")
+        return
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("step", 0) <= keep_upto:
+                kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log) -> None:
+    """Valid metrics, the probe and the image grids, all on rank 0 with the model in eval mode."""
+    vae.eval()
+    try:
+        rec: dict[str, Any] = {"step": step, "epoch": epoch, "end_of_epoch": True}
+        if valid_idx.size:
+            rec.update(_evaluate(vae, feed, valid_idx, cfg.batch_size))
+            if cfg.probe:
+                acc = _probe(vae, feed, train_idx, valid_idx, cfg)
+                rec["probe_mean"] = round(float(np.mean(list(acc.values()))), 4) if acc else None
+                rec["probe"] = acc
+        log(rec)
+        if cfg.sample_every_epoch:
+            save_png(
+                sample_grid(vae, 64, 1.0, cfg.seed), out / "samples" / f"epoch_{epoch:03d}.png"
+            )
+            if valid_idx.size:
+                x, _, _ = feed(valid_idx[:16])
+                save_png(reconstruction_grid(vae, x), out / "recon" / f"epoch_{epoch:03d}.png")
+    finally:
+        vae.train()
