@@ -455,11 +455,6 @@ def _probe(
     vae: ConceptVAE, feed: _Feeder, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: TrainConfig
 ) -> dict[str, float]:
     """Balanced accuracy on valid of a logistic regression from mu to each attribute."""
-    import warnings
-
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-
     c = feed.c
     if not c.attr_names:
         return {}
@@ -476,16 +471,37 @@ def _probe(
         return {}
     ztr = _means(vae, feed, tr, cfg.batch_size).double().numpy()
     zva = _means(vae, feed, va, cfg.batch_size).double().numpy()
-    mu, sd = ztr.mean(0), ztr.std(0) + 1e-8
-    ztr, zva = (ztr - mu) / sd, (zva - mu) / sd
+    names = [c.attr_names[j] for j in keep]
+    return linear_probe(ztr, ytr[:, keep], zva, yva[:, keep], names)
+
+
+def linear_probe(
+    z_train: np.ndarray,
+    y_train: np.ndarray,
+    z_valid: np.ndarray,
+    y_valid: np.ndarray,
+    names: list[str],
+) -> dict[str, float]:
+    """How linearly latents encode each label: balanced valid accuracy of a logistic regression.
+
+    z: (N, D) latents; y: (N, A) 0/1 labels. Classes are weighted inversely to their frequency,
+    so a rare attribute (Gray_Hair at 5%) is not scored 0.5 just because predicting "no" always
+    minimises the unweighted loss.
+    """
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    mu, sd = z_train.mean(0), z_train.std(0) + 1e-8
+    ztr, zva = (z_train - mu) / sd, (z_valid - mu) / sd
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at the small max_iter is expected
-        for j in keep:
-            clf = LogisticRegression(max_iter=200).fit(ztr, ytr[:, j])
-            out[c.attr_names[j]] = round(
-                float(balanced_accuracy_score(yva[:, j], clf.predict(zva))), 4
-            )
+        for j, name in enumerate(names):
+            clf = LogisticRegression(max_iter=200, class_weight="balanced")
+            clf.fit(ztr, y_train[:, j])
+            out[name] = round(float(balanced_accuracy_score(y_valid[:, j], clf.predict(zva))), 4)
     return out
 
 
