@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache
