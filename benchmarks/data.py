@@ -18,10 +18,8 @@ Prints a table and writes benchmarks/results/data.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -31,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, features
+from common import machine, write_report
+from PIL import Image
 
 from conceptvae.data import LabelledImages
 from conceptvae.data.cache import open_cache, prepare
@@ -98,36 +97,6 @@ def naive_load(path: str) -> np.ndarray:
     return np.asarray(im).transpose(2, 0, 1)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import cv2
-    import PIL
-
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else None,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
-        "opencv": cv2.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def _median_rate(count: int, seconds: list[float]) -> float:
     return count / statistics.median(seconds)
 
@@ -156,7 +125,7 @@ def bench_synth(work: Path, n: int, repeats: int, floor_rate: float, floor_s: li
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=4000, help="images per measurement (default 4000)")
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a smoke run)")
@@ -281,25 +250,21 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['name']:<20} {r['rate']:>10.0f} {r['reference_rate']:>19.0f} {r['ratio']:>7.2f}x"
         )
         print(f"{'':<20} vs. {r['reference']}")
-    report = {
-        "benchmark": "data",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": info,
-        "settings": {
+    write_report(
+        args.out,
+        "data",
+        info,
+        settings={
             "n": n,
             "repeats": repeats,
             "workers": WORKERS,
             "quick": args.quick,
             "image_size": SIZE,
             "crop": CROP,
-        },  # fmt: skip
-        "results": results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
-    return report
+        },
+        results=results,
+    )
+    return results
 
 
 if __name__ == "__main__":

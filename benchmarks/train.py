@@ -19,8 +19,6 @@ folder. Prints a table and writes benchmarks/results/train.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import statistics
 import sys
@@ -33,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_report  # noqa: E402
 from reference_vae import ReferenceVAE, make_optimizer  # noqa: E402
 
 from conceptvae.data.cache import BatchLoader, open_cache, prepare  # noqa: E402
@@ -119,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results/train.json"))
     args = ap.parse_args(argv)
     seconds = 20.0 if args.quick else args.minutes * 60
+    info = machine()
     work = Path(tempfile.mkdtemp(prefix="conceptvae-bench-train-"))
     try:
         if args.cache:
@@ -172,25 +172,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
     speedup = our_r["img_per_s"] / ref_r["img_per_s"]
     print(f"ours / reference: {speedup:.2f}x img/s, {our_r['psnr'] - ref_r['psnr']:+.2f} dB PSNR")
-    report = {
-        "benchmark": "train",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "matmul_peak_gflops": peak / 1e9,
-        },
-        "settings": {"seconds_per_model": seconds, "batch": BATCH, "images": len(cache)},
-        "runs": runs,
-        "speedup": speedup,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
-    return report
+    return write_report(
+        args.out,
+        "train",
+        info,
+        matmul_peak_gflops=peak / 1e9,
+        settings={"seconds_per_model": seconds, "batch": BATCH, "images": len(cache)},
+        runs=runs,
+        speedup=speedup,
+    )
 
 
 if __name__ == "__main__":
