@@ -84,10 +84,21 @@ def staged_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    if path.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+    publish_dir(stage, path, force)
+
+
+def publish_dir(stage: str | os.PathLike, path: str | os.PathLike, force: bool = False) -> None:
+    """Move the complete directory ``stage`` to ``path`` (same filesystem) by renaming.
+
+    With ``force``, an existing non-empty ``path`` is renamed aside first and deleted only once
+    ``stage`` is in its place; without it, a non-empty ``path`` raises :class:`OutputError`.
+    """
+    path = Path(path)
+    if path.exists() and force and (not path.is_dir() or any(path.iterdir())):
+        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.absolute().parent))
         os.replace(path, trash / "old")
         os.replace(stage, path)
         shutil.rmtree(trash, ignore_errors=True)
     else:
+        check_output_dir(path, force=False)
         os.replace(stage, path)

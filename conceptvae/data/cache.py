@@ -32,7 +32,6 @@ import shutil
 import signal
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFile
 
-from conceptvae._fs import atomic_write_json, check_output_dir
+from conceptvae._fs import atomic_write_json, check_output_dir, publish_dir
 from conceptvae._parallel import worker_pool
 from conceptvae.data import LabelledImages
 from conceptvae.errors import DataError, OutputError
@@ -764,14 +763,7 @@ def _run_chunks(tasks: list[tuple], workers: int) -> Iterator[tuple]:
 def _publish(partial: Path, out: Path, force: bool) -> PreparedCache:
     """Move the complete build into place (replacing ``out`` under ``force``) and open it."""
     try:
-        if out.exists() and force and (not out.is_dir() or any(out.iterdir())):
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(partial, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            check_output_dir(out, force=False)
-            os.replace(partial, out)
+        publish_dir(partial, out, force)
     except OSError as e:
         raise OutputError(
             f"cannot move the finished cache {partial} to {out}: {e.strerror or e}; "
