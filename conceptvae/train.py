@@ -683,6 +683,10 @@ def train(
         if d.owned:
             import torch.distributed as dist
 
+            # Every rank must be done with collectives before any rank tears down: a rank
+            # that destroys the group while its peer still talks to it makes gloo abort.
+            with contextlib.suppress(Exception):
+                dist.barrier()
             dist.destroy_process_group()
 
 
