@@ -1,0 +1,633 @@
+"""Concept vectors from (N, D) latents and (N, A) binary labels.
+
+Four ways to turn "these latents have the attribute, those do not" into a direction:
+
+- ``mean``: mean(z | label = 1) - mean(z | label = 0). Fast and exact, but it carries every
+  attribute correlated with the target (in CelebA, "Wearing_Lipstick" points half-way to
+  "not Male").
+- ``balanced``: the same difference after reweighting both groups so the most correlated other
+  attributes (the confounders) have the same distribution in each.
+- ``classifier``: the normal of a cross-validated logistic regression, scaled so that adding it
+  once moves the negatives' mean to the positives' mean along that normal.
+- ``conditional``: a ``base`` vector with the directions of chosen ``condition`` attributes
+  projected out, so that editing the target leaves them alone.
+
+Everything works on numpy; torch tensors are accepted by duck typing and never imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from attributes._arrays import as_array, to_numpy
+from attributes.errors import UnreliableVectorWarning, VectorError
+
+METHODS = ("mean", "balanced", "classifier", "conditional")
+BASES = ("mean", "balanced", "classifier")
+DEFAULT_CONFOUNDERS = 3
+MIN_CORRELATION = 0.05  # confounders chosen by count must be at least this correlated (|r|)
+_CHUNK_ELEMENTS = 2_000_000  # a float64 chunk holds at most this many latents (16 MB)
+_CHUNK_ROWS = 8192
+_JOBS_PER_PASS = 32  # balanced vectors computed per pass over the latents
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _as_names(names: Any, what: str) -> list[str]:
+    if names is None:
+        return []
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise VectorError(
+            f"{what} must be strings, got {bad[0]!r} ({type(bad[0]).__name__}); "
+            "pass attribute names"
+        )
+    return names
+
+
+def _check_names(names: Any) -> list[str]:
+    names = _as_names(names, "names")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        key = n.casefold()
+        if key in seen:
+            raise VectorError(
+                f"names has a duplicate: {names[seen[key]]!r} at {seen[key]} and {n!r} at {i}; "
+                "attribute names must be unique (case-insensitively)"
+            )
+        seen[key] = i
+    return names
+
+
+def _resolve(name: str, names: Sequence[str], what: str) -> int:
+    """Index of ``name`` in ``names``: exact match first, then a case-insensitive one."""
+    if name in names:
+        return list(names).index(name)
+    folded = [n.casefold() for n in names]
+    if name.casefold() in folded:
+        return folded.index(name.casefold())
+    close = difflib.get_close_matches(name.casefold(), folded, n=3, cutoff=0.6)
+    if close:
+        hint = "did you mean " + " or ".join(repr(names[folded.index(c)]) for c in close) + "?"
+    else:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        hint = f"known names ({len(names)}): {shown}"
+    raise VectorError(f"unknown attribute {name!r} in {what}; {hint}")
+
+
+def _check_latents(latents: Any) -> np.ndarray:
+    z = as_array(latents, "latents", 2)
+    if z.dtype == bool:
+        z = z.astype(np.float32)
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise VectorError(
+            f"latents must be real numbers, got dtype {z.dtype}; pass a float array of shape (N, D)"
+        )
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        raise VectorError(f"latents is empty (shape {z.shape}); pass at least one row and column")
+    if np.issubdtype(z.dtype, np.floating):
+        bad = [
+            rows.start + np.flatnonzero(~np.isfinite(z[rows]).all(axis=1))
+            for rows in _chunks(*z.shape)
+            if not np.isfinite(z[rows]).all()
+        ]
+        if bad:
+            flagged = np.concatenate(bad)
+            raise VectorError(
+                f"latents has NaN or infinite values in {flagged.size} of {z.shape[0]} rows "
+                f"(first bad row: {flagged[0]}); drop those rows or fix the encoder output"
+            )
+    return z
+
+
+def _check_labels(labels: Any, n_rows: int, names: list[str]) -> np.ndarray:
+    y = to_numpy(labels)
+    if y.ndim == 1:
+        if len(names) != 1:
+            raise VectorError(
+                f"labels is 1-D but names has {len(names)} entries; pass labels of shape "
+                f"(N, {len(names)}), or 1-D labels with exactly one name"
+            )
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise VectorError(
+            f"labels must be 2-D (N, A), got shape {tuple(y.shape)} ({y.ndim}-D); "
+            "pass one 0/1 column per attribute"
+        )
+    if y.shape[0] != n_rows:
+        raise VectorError(
+            f"labels has {y.shape[0]} rows but latents has {n_rows}; "
+            "pass one label row per latent row, in the same order"
+        )
+    if y.shape[1] != len(names):
+        raise VectorError(
+            f"labels has {y.shape[1]} columns but names has {len(names)} entries; "
+            "pass one name per label column"
+        )
+    if y.dtype == bool:
+        return y.view(np.uint8)
+    if not (np.issubdtype(y.dtype, np.number)):
+        raise VectorError(f"labels must be 0/1 numbers or booleans, got dtype {y.dtype}")
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        found = np.unique(np.concatenate([np.unique(y[bad]), np.unique(y[~bad])]))
+        shown = ", ".join(f"{v:g}" for v in found[:10]) + (", ..." if found.size > 10 else "")
+        hint = " (CelebA's -1/1: pass labels > 0)" if found.min() == -1 else ""
+        raise VectorError(
+            f"labels must be 0/1, found values {{{shown}}} in {int(bad.sum())} entries; "
+            f"map them to 0/1{hint}"
+        )
+    return y.astype(np.uint8, copy=False)
+
+
+def _check_both_classes(names: list[str], counts: np.ndarray, what: str = "attribute") -> None:
+    for name, (neg, pos) in zip(names, counts):
+        if neg == 0 or pos == 0:
+            raise VectorError(
+                f"{what} {name!r} has {pos} positives and {neg} negatives; a vector needs both "
+                f"classes: drop it via attributes=[...] (or condition=/confounders=)"
+            )
+
+
+def _warn_small(names: list[str], counts: np.ndarray, min_count: int, what: str) -> None:
+    for name, (neg, pos) in zip(names, counts):
+        if min(neg, pos) < min_count:
+            warnings.warn(
+                f"{what} {name!r} has {pos} positives and {neg} negatives (fewer than "
+                f"min_count={min_count} in a class): its vector is unreliable; label more "
+                "examples or drop it via attributes=[...]",
+                UnreliableVectorWarning,
+                stacklevel=3,
+            )
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def _chunks(n_rows: int, n_cols: int):
+    # Chunking bounds the float64 copies, and OpenBLAS is up to 100x slower on one product
+    # with a very long inner dimension (200,000 rows) than on a few shorter ones.
+    step = min(_CHUNK_ROWS, max(1, _CHUNK_ELEMENTS // max(1, n_cols)))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def _weighted_sums(z: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``s.T @ z`` in float64 for (N, K) weights ``s`` and (N, D) latents ``z``: (K, D)."""
+    out = np.zeros((z.shape[1], s.shape[1]), dtype=np.float64)
+    for rows in _chunks(*z.shape):
+        # (D, n) @ (n, K) runs faster in BLAS than (K, n) @ (n, D) for few, long columns.
+        out += z[rows].astype(np.float64).T @ s[rows].astype(np.float64, copy=False)
+    return out.T
+
+
+def _mean_difference(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (N, D) latents and (N, A) 0/1 uint8 labels -> (A, D) float64, (A, 2) int64."""
+    # One matrix product against [labels, 1] gives every positive sum and the grand total.
+    sums = np.zeros((z.shape[1], y.shape[1] + 1), dtype=np.float64)
+    for rows in _chunks(*z.shape):
+        s = np.empty((rows.stop - rows.start, y.shape[1] + 1), dtype=np.float64)
+        s[:, :-1] = y[rows]
+        s[:, -1] = 1.0
+        sums += z[rows].astype(np.float64).T @ s
+    sums = sums.T
+    pos = y.sum(axis=0, dtype=np.int64)
+    neg = y.shape[0] - pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_pos = sums[:-1] / pos[:, None]
+        mean_neg = (sums[-1] - sums[:-1]) / neg[:, None]
+    return mean_pos - mean_neg, np.stack([neg, pos], axis=1)
+
+
+def mean_difference(
+    latents: Any, labels: Any, *, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of positives minus mean of negatives, for every label column at once.
+
+    ``latents`` (N, D) and ``labels`` (N, A) of 0/1 (or bool; 1-D for a single attribute), numpy
+    or torch. Returns ``vectors`` (A, D) float64 and ``counts`` (A, 2) int64 as
+    ``[negatives, positives]``. ``names`` only serves error messages (default ``"column i"``).
+    Accumulates in float64 with one matrix product; a column lacking a class is a
+    :class:`VectorError`.
+    """
+    z = _check_latents(latents)
+    if names is None:
+        n_cols = 1 if to_numpy(labels).ndim == 1 else to_numpy(labels).shape[-1]
+        names = [f"column {i}" for i in range(n_cols)]
+    names = _check_names(names)
+    y = _check_labels(labels, z.shape[0], names)
+    vectors, counts = _mean_difference(z, y)
+    _check_both_classes(names, counts, "label")
+    return vectors, counts
+
+
+def project_out(vector: Any, others: Any) -> np.ndarray:
+    """The component of ``vector`` (D,) orthogonal to the span of ``others`` (K, D) or (D,).
+
+    Uses least squares, so ``others`` may be collinear or rank-deficient: only their span counts.
+    Returns float64 (D,) (float32 if ``vector`` is float32).
+    """
+    v = as_array(vector, "vector", 1)
+    o = to_numpy(others)
+    if o.ndim == 1:
+        o = o[None, :]
+    o = as_array(o, "others", 2)
+    if o.shape[1] != v.shape[0]:
+        raise VectorError(
+            f"others has {o.shape[1]} columns but vector has {v.shape[0]} entries; "
+            "pass others as (K, D) with the vector's D"
+        )
+    v64 = v.astype(np.float64)
+    if o.shape[0] == 0:
+        out = v64
+    else:
+        basis = o.astype(np.float64).T  # (D, K)
+        coef = np.linalg.lstsq(basis, v64, rcond=None)[0]
+        out = v64 - basis @ coef
+    return out.astype(np.float32) if v.dtype == np.float32 else out
+
+
+def _correlations(y: np.ndarray) -> np.ndarray:
+    """(A, A) Pearson correlations of 0/1 label columns; 0 where a column is constant."""
+    n = y.shape[0]
+    mean = y.sum(axis=0, dtype=np.float64) / n
+    # One BLAS thread: for an (A, A) result threads only add overhead, and on a busy machine
+    # OpenBLAS's spinning threads made this product take seconds instead of milliseconds.
+    with threadpool_limits(limits=1, user_api="blas"):
+        cov = _weighted_sums(y, y) / n - np.outer(mean, mean)
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = cov / np.outer(sd, sd)
+    r[~np.isfinite(r)] = 0.0
+    return r
+
+
+def _pick_confounders(
+    target: int, conf_names: list[int] | None, k: int, r: np.ndarray | None
+) -> list[int]:
+    """The given confounders minus the target, or the k labels most correlated with it."""
+    if conf_names is not None:
+        return [c for c in conf_names if c != target]
+    strength = np.abs(r[target])
+    strength[target] = -1.0
+    order = np.argsort(-strength, kind="stable")
+    return [int(i) for i in order[:k] if strength[i] >= MIN_CORRELATION]
+
+
+def _balance_weights(y: np.ndarray, target: int, confs: list[int]) -> tuple[np.ndarray, float]:
+    """Signed weights (N,) whose dot with the latents is the balanced mean difference.
+
+    Samples are grouped by the joint value of the confounders. Cells lacking either class are
+    dropped; in the others each class gets weights making its cell distribution equal to the
+    pooled distribution of the kept cells, and summing to 1. Returns weights and coverage.
+    """
+    pos = y[:, target].astype(bool)
+    if confs:
+        code = y[:, confs].astype(np.int64) @ (np.int64(1) << np.arange(len(confs), dtype=np.int64))
+        _, cell = np.unique(code, return_inverse=True)
+        cell = cell.reshape(-1)
+    else:
+        cell = np.zeros(y.shape[0], dtype=np.int64)
+    n_cells = int(cell.max()) + 1
+    total = np.bincount(cell, minlength=n_cells).astype(np.float64)
+    n_pos = np.bincount(cell, weights=pos, minlength=n_cells)
+    n_neg = total - n_pos
+    kept = (n_pos > 0) & (n_neg > 0)
+    covered = total[kept].sum()
+    if covered == 0:
+        return np.zeros(y.shape[0]), 0.0
+    share = np.where(kept, total / covered, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_pos = np.where(kept, share / n_pos, 0.0)
+        w_neg = np.where(kept, share / n_neg, 0.0)
+    weights = np.where(pos, w_pos[cell], -w_neg[cell])
+    return weights, float(covered / y.shape[0])
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+
+class AttributeVectors:
+    """Fit one concept vector per binary attribute from (N, D) latents and (N, A) labels.
+
+    Parameters follow scikit-learn: ``__init__`` stores them, :meth:`fit` checks them.
+
+    - ``method``: ``"mean"``, ``"balanced"``, ``"classifier"`` or ``"conditional"``.
+    - ``attributes``: names to fit (default all; for ``conditional``, all but the conditions).
+    - ``confounders``: for ``balanced`` (and the condition vectors of ``conditional``), the
+      attributes to balance: a list of names, or a number k of the other attributes most
+      correlated with the target (only those with |r| >= 0.05; default 3).
+    - ``condition``: for ``conditional``, the attributes whose directions are projected out.
+      Their directions are ``balanced`` vectors whose confounders always include the target, so
+      the target does not leak into them. A requested target that is itself a condition keeps
+      its ``base`` vector unchanged; asking only for condition attributes is an error.
+    - ``base``: the method giving the target vector of ``conditional``.
+    - ``min_count``: fewer examples than this in a class warns with
+      :class:`UnreliableVectorWarning`.
+    - ``cv``, ``Cs``, ``max_samples``, ``random_state``: the ``classifier`` method's
+      cross-validation folds, inverse regularisation strengths, row subsample and seed.
+
+    Fitted attributes: ``vectors_`` (A', D) float32, ``names_`` (A' names, in the order of
+    ``names``), ``counts_`` (A', 2) int64 ``[negatives, positives]`` that made each vector (for
+    ``balanced``, those in cells holding both classes), ``norms_`` (A',) float32,
+    ``confounders_`` and ``coverage_`` (per balanced target: the attributes balanced, the share of
+    samples in cells holding both classes), ``condition_confounders_`` (``conditional`` only:
+    target -> condition -> the confounders its direction was balanced on).
+    """
+
+    def __init__(
+        self,
+        method: str = "mean",
+        *,
+        attributes: Sequence[str] | None = None,
+        confounders: Sequence[str] | int | None = None,
+        condition: Sequence[str] = (),
+        base: str = "mean",
+        min_count: int = 10,
+        cv: int = 3,
+        Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
+        max_samples: int | None = 20000,
+        random_state: int = 0,
+    ) -> None:
+        self.method = method
+        self.attributes = attributes
+        self.confounders = confounders
+        self.condition = condition
+        self.base = base
+        self.min_count = min_count
+        self.cv = cv
+        self.Cs = Cs
+        self.max_samples = max_samples
+        self.random_state = random_state
+
+    # -- parameters
+
+    def _check_params(self) -> None:
+        for param, allowed in (("method", METHODS), ("base", BASES)):
+            value = getattr(self, param)
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise VectorError(
+                    f"unknown {param} {value!r}; {hint}choose one of {', '.join(allowed)}"
+                )
+        if self.method != "conditional" and len(_as_names(self.condition, "condition")):
+            raise VectorError(
+                f"condition is only used by method='conditional', got method={self.method!r}; "
+                "pass method='conditional' or drop condition"
+            )
+        if self.method == "conditional" and not len(_as_names(self.condition, "condition")):
+            raise VectorError(
+                "method='conditional' needs condition=[...]: the attributes to keep unchanged"
+            )
+        for param, low in (("min_count", 1), ("cv", 2)):
+            value = getattr(self, param)
+            if not isinstance(value, numbers.Integral) or value < low:
+                raise VectorError(f"{param} must be an integer >= {low}, got {value!r}")
+        if self.max_samples is not None and (
+            not isinstance(self.max_samples, numbers.Integral) or self.max_samples < 2 * self.cv
+        ):
+            raise VectorError(
+                f"max_samples must be None or an integer >= 2*cv={2 * self.cv}, "
+                f"got {self.max_samples!r}"
+            )
+        cs = np.asarray(self.Cs, dtype=np.float64).reshape(-1)
+        if cs.size == 0 or not np.all(np.isfinite(cs) & (cs > 0)):
+            raise VectorError(f"Cs must be positive numbers, got {self.Cs!r}")
+        if isinstance(self.confounders, bool) or (
+            isinstance(self.confounders, numbers.Integral) and self.confounders < 0
+        ):
+            raise VectorError(
+                f"confounders must be None, an integer >= 0 or a list of names, "
+                f"got {self.confounders!r}"
+            )
+
+    # -- fitting
+
+    def fit(self, latents: Any, labels: Any, names: Sequence[str]) -> AttributeVectors:
+        """Fit from ``latents`` (N, D) and 0/1 ``labels`` (N, A) whose columns are ``names``.
+
+        Numpy or torch inputs; 1-D labels are accepted with a single name. Returns ``self``.
+        """
+        self._check_params()
+        z = _check_latents(latents)
+        names = _check_names(names)
+        y = _check_labels(labels, z.shape[0], names)
+
+        cond_names = _as_names(self.condition, "condition")
+        conditions = list(dict.fromkeys(_resolve(c, names, "condition") for c in cond_names))
+        if self.attributes is None:
+            targets = [i for i in range(len(names)) if i not in conditions]
+        else:
+            requested = _as_names(self.attributes, "attributes")
+            targets = [_resolve(a, names, "attributes") for a in requested]
+            twice = [t for t in targets if targets.count(t) > 1]
+            if twice:
+                spelled = [a for a, t in zip(requested, targets) if t == twice[0]]
+                raise VectorError(
+                    f"attributes lists {names[twice[0]]!r} {len(spelled)} times (as "
+                    f"{', '.join(map(repr, spelled))}); list each attribute once"
+                )
+        if not targets or (conditions and all(t in conditions for t in targets)):
+            raise VectorError(
+                "no attribute to fit: every requested attribute is a condition, and an attribute "
+                "cannot be conditioned on itself; request other attributes or drop the condition"
+            )
+        if isinstance(self.confounders, numbers.Integral) or self.confounders is None:
+            conf_names = None
+            k = DEFAULT_CONFOUNDERS if self.confounders is None else int(self.confounders)
+        else:
+            given = _as_names(self.confounders, "confounders")
+            conf_names = list(dict.fromkeys(_resolve(c, names, "confounders") for c in given))
+            k = len(conf_names)
+        needs_r = conf_names is None and self.method in ("balanced", "conditional")
+        r = _correlations(y) if needs_r else None
+
+        def pick(target: int) -> list[int]:
+            return _pick_confounders(target, conf_names, k, r)
+
+        pos = y.sum(axis=0, dtype=np.int64)
+        all_counts = np.stack([y.shape[0] - pos, pos], axis=1)
+        _check_both_classes([names[i] for i in targets], all_counts[targets])
+        _check_both_classes([names[i] for i in conditions], all_counts[conditions], "condition")
+
+        self.confounders_: dict[str, list[str]] = {}
+        self.coverage_: dict[str, float] = {}
+        self.condition_confounders_: dict[str, dict[str, list[str]]] = {}
+        base = self.base if self.method == "conditional" else self.method
+        vectors, counts = self._fit_base(base, z, y, names, targets, pick)
+
+        if self.method == "conditional":
+            free = [k for k, t in enumerate(targets) if t not in conditions]
+            cond_vectors = self._condition_vectors(
+                z, y, names, [targets[k] for k in free], conditions, pick
+            )
+            for k in free:
+                vectors[k] = project_out(vectors[k], cond_vectors[targets[k]])
+
+        _warn_small([names[i] for i in targets], counts, self.min_count, "attribute")
+        self.names_ = [names[i] for i in targets]
+        self.vectors_ = vectors.astype(np.float32)
+        self.counts_ = counts.astype(np.int64)
+        self.norms_ = np.linalg.norm(vectors, axis=1).astype(np.float32)
+        return self
+
+    def _balanced(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        names: list[str],
+        jobs: list[tuple[int, list[int]]],
+        what: str,
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Balanced vectors for (target, confounder indices) pairs: (J, D), (J, 2), coverages."""
+        if any(len(confs) > 62 for _, confs in jobs):
+            raise VectorError("at most 62 confounders per attribute can be balanced; pass fewer")
+        vectors = np.empty((len(jobs), z.shape[1]), dtype=np.float64)
+        counts = np.zeros((len(jobs), 2), dtype=np.int64)
+        coverage = []
+        for start in range(0, len(jobs), _JOBS_PER_PASS):  # bounds the (N, J) weight matrix
+            batch = jobs[start : start + _JOBS_PER_PASS]
+            weights = np.empty((y.shape[0], len(batch)), dtype=np.float64)
+            for j, (t, confs) in enumerate(batch):
+                weights[:, j], cov = _balance_weights(y, t, confs)
+                if cov == 0.0:
+                    raise VectorError(
+                        f"cannot balance {what} {names[t]!r} on {[names[c] for c in confs]}: no "
+                        "combination of those attributes holds both classes; "
+                        "pass fewer confounders"
+                    )
+                counts[start + j] = [(weights[:, j] < 0).sum(), (weights[:, j] > 0).sum()]
+                coverage.append(cov)
+            vectors[start : start + len(batch)] = _weighted_sums(z, weights)
+        return vectors, counts, coverage
+
+    def _fit_base(
+        self,
+        method: str,
+        z: np.ndarray,
+        y: np.ndarray,
+        names: list[str],
+        targets: list[int],
+        pick: Callable[[int], list[int]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if method == "balanced":
+            jobs = [(t, pick(t)) for t in targets]
+            vectors, counts, coverage = self._balanced(z, y, names, jobs, "attribute")
+            for (t, confs), cov in zip(jobs, coverage):
+                self.confounders_[names[t]] = [names[c] for c in confs]
+                self.coverage_[names[t]] = cov
+            return vectors, counts
+        vectors, counts = _mean_difference(z, y[:, targets])
+        if method == "classifier":
+            rng = np.random.default_rng(self.random_state)
+            for k, t in enumerate(targets):
+                vectors[k] = self._classifier_vector(z, y[:, t], vectors[k], names[t], rng)
+        return vectors, counts
+
+    def _condition_vectors(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        names: list[str],
+        targets: list[int],
+        conditions: list[int],
+        pick: Callable[[int], list[int]],
+    ) -> dict[int, np.ndarray]:
+        """Per target, the (C, D) balanced directions of the conditions, balanced on the target."""
+        jobs: dict[tuple[int, tuple[int, ...]], int] = {}
+        plan: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        for t in targets:
+            plan[t] = []
+            self.condition_confounders_[names[t]] = {}
+            for c in conditions:
+                confs = pick(c)
+                if t not in confs:
+                    confs = confs + [t]
+                key = (c, tuple(confs))
+                jobs.setdefault(key, len(jobs))
+                plan[t].append(key)
+                self.condition_confounders_[names[t]][names[c]] = [names[i] for i in confs]
+        keys = list(jobs)
+        vectors, counts, _ = self._balanced(
+            z, y, names, [(c, list(confs)) for c, confs in keys], "condition"
+        )
+        seen: set[int] = set()
+        for (c, _), count in zip(keys, counts):
+            if c not in seen:
+                _warn_small([names[c]], count[None], self.min_count, "condition")
+                seen.add(c)
+        return {t: vectors[[jobs[key] for key in plan[t]]] for t in targets}
+
+    def _classifier_vector(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        difference: np.ndarray,
+        name: str,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+
+        rows = np.arange(y.shape[0])
+        if self.max_samples is not None and y.shape[0] > self.max_samples:
+            # Stratified: each class keeps its share, but at least cv examples (or all it has).
+            picked = []
+            for cls in (0, 1):
+                members = rows[y == cls]
+                want = round(self.max_samples * members.size / y.shape[0])
+                want = min(members.size, max(want, self.cv))
+                picked.append(rng.choice(members, size=want, replace=False))
+            rows = np.sort(np.concatenate(picked))
+        ys = y[rows]
+        smallest = int(min((ys == 0).sum(), (ys == 1).sum()))
+        if smallest < self.cv:
+            raise VectorError(
+                f"attribute {name!r} has only {smallest} examples in a class, fewer than "
+                f"cv={self.cv} folds; use method='mean' or 'balanced', or lower cv"
+            )
+        x = z[rows].astype(np.float64)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std[std == 0] = 1.0  # a constant latent carries no signal; its weight stays ~0
+        x = (x - mean) / std
+        kwargs: dict[str, Any] = dict(
+            Cs=list(np.asarray(self.Cs, dtype=np.float64).reshape(-1)),
+            cv=StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state),
+            class_weight="balanced",
+            scoring="neg_log_loss",
+            max_iter=1000,
+        )
+        if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
+            kwargs.update(l1_ratios=(0.0,), use_legacy_attributes=False)  # sklearn >= 1.8
+        model = LogisticRegressionCV(**kwargs).fit(x, ys)
+        w = model.coef_[0] / std  # back to raw latent units: w_std . (z - m) / s = (w_std / s) . z
+        norm = float(np.linalg.norm(w))
+        if norm == 0.0 or not np.isfinite(norm):
+            raise VectorError(
+                f"the classifier for {name!r} found no direction (zero weights); "
+                "use method='mean' or 'balanced'"
+            )
+        normal = w / norm
+        return normal * float(difference @ normal)
+
+    # -- using the result
+
+    def vector(self, name: str) -> np.ndarray:
+        """The fitted (D,) vector of ``name`` (case-insensitive), as a float32 copy."""
+        if not hasattr(self, "vectors_"):
+            raise VectorError(
+                "this AttributeVectors is not fitted yet; call fit(latents, labels, names) first"
+            )
+        return self.vectors_[_resolve(name, self.names_, "the fitted vectors")].copy()

@@ -1,0 +1,313 @@
+"""Vector quality: held-out AUC, cosine similarities between vectors, and label confounds.
+
+A good concept vector separates held-out latents with and without its attribute (AUC of the
+projection near 1), and the labels it was fitted on tell which other attributes it may drag
+along (confounds: label correlations, like Wearing_Lipstick with Male at -0.8).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from sklearn.metrics import roc_auc_score
+
+from attributes._arrays import as_array, to_numpy
+from attributes.bank import VectorBank, _atomic_write
+from attributes.errors import VectorError
+from attributes.estimators import _check_labels, _check_latents, _check_names, _correlations
+
+TOP_CONFOUNDS = 3
+
+
+@dataclass
+class Report:
+    """Quality of A concept vectors, in the order of ``names``.
+
+    ``auc`` (A,): ROC AUC of the held-out latents projected onto each vector against its label
+    (NaN with a note where the name is not a label or a class is empty); ``norms`` (A,);
+    ``cosine`` (A, A) between the vectors; ``confounds``: per name, up to 3 ``(other label, r)``
+    with the largest |Pearson r|; ``counts``: the ``[negatives, positives]`` each vector was
+    fitted from, where the bank records them; ``eval_counts``: the same in the held-out labels.
+    """
+
+    names: list[str]
+    auc: np.ndarray
+    norms: np.ndarray
+    cosine: np.ndarray
+    confounds: dict[str, list[tuple[str, float]]]
+    counts: dict[str, list[int]] | None = None
+    eval_counts: dict[str, list[int]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def most_similar(self, name: str) -> tuple[str, float] | None:
+        """The other vector with the largest |cosine| to ``name``, and that cosine."""
+        i = self.names.index(name)
+        row = np.abs(self.cosine[i].astype(np.float64))
+        row[i] = -1.0
+        row[~np.isfinite(row)] = -1.0
+        if len(self.names) < 2 or row.max() < 0:
+            return None
+        j = int(row.argmax())
+        return self.names[j], float(self.cosine[i, j])
+
+    def to_text(self) -> str:
+        """A fixed-width table: name, AUC, norm, held-out positives, most similar vector,
+        top confounds; then the notes."""
+        name_w = max(9, *(len(n) for n in self.names))
+        sim_w = max(12, *(len(n) + 6 for n in self.names))
+        head = (
+            f"{'attribute':<{name_w}}  {'AUC':>5}  {'norm':>8}  {'pos':>6}  "
+            f"{'most similar':<{sim_w}}  confounds (label r)"
+        )
+        lines = [head, "-" * len(head)]
+        for i, name in enumerate(self.names):
+            auc = "  n/a" if math.isnan(self.auc[i]) else f"{self.auc[i]:.3f}"
+            pos = str(self.eval_counts[name][1]) if name in self.eval_counts else "-"
+            sim = self.most_similar(name)
+            sim_text = "-" if sim is None else f"{sim[0]} {sim[1]:+.2f}"
+            conf = ", ".join(f"{o} {r:+.2f}" for o, r in self.confounds.get(name, [])) or "-"
+            lines.append(
+                f"{name:<{name_w}}  {auc:>5}  {self.norms[i]:>8.3g}  {pos:>6}  "
+                f"{sim_text:<{sim_w}}  {conf}"
+            )
+        if self.notes:
+            lines.append("")
+            lines.extend(f"note: {n}: {text}" for n, text in self.notes.items())
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: NaN becomes None, arrays become lists."""
+
+        def num(x: float) -> float | None:
+            return None if not math.isfinite(x) else float(x)
+
+        return {
+            "names": list(self.names),
+            "auc": {n: num(a) for n, a in zip(self.names, self.auc)},
+            "norms": {n: num(v) for n, v in zip(self.names, self.norms)},
+            "cosine": [[num(c) for c in row] for row in self.cosine],
+            "confounds": {n: [[o, float(r)] for o, r in c] for n, c in self.confounds.items()},
+            "counts": None if self.counts is None else {n: list(c) for n, c in self.counts.items()},
+            "eval_counts": {n: list(c) for n, c in self.eval_counts.items()},
+            "notes": dict(self.notes),
+        }
+
+    def cosine_heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Draw ``cosine`` as a PNG (blue -1, white 0, red +1; values printed when A <= 12)
+        with row and column labels and a colour legend. Written atomically; returns the path."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise VectorError(f"the heatmap is a PNG: give a path ending in .png, not {path}")
+        img = _draw_heatmap(self.cosine, self.names, title)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, buf.getvalue())
+        return path
+
+
+def quality_report(
+    vectors: Any,
+    names: Sequence[str] | None,
+    latents: Any,
+    labels: Any,
+    label_names: Sequence[str],
+    *,
+    train_labels: Any = None,
+) -> Report:
+    """Judge concept vectors on held-out data.
+
+    ``vectors``: (A, D) array with ``names``, or a :class:`VectorBank` (``names`` None for all
+    of it, or a subset). ``latents`` (N, D) and ``labels`` (N, A_all) 0/1 with ``label_names``
+    are held out from fitting. Confounds use ``train_labels`` (M, A_all) when given, since
+    those shaped the vectors, else ``labels``. Names match labels case-insensitively.
+    """
+    counts = None
+    if isinstance(vectors, VectorBank):
+        bank = vectors if names is None else vectors.subset(list(names))
+        names, matrix = bank.names, bank.matrix.astype(np.float64)
+        saved = bank.metadata.get("counts")
+        if isinstance(saved, dict):
+            counts = {n: list(saved[n]) for n in names if n in saved}
+    else:
+        if names is None:
+            raise VectorError("names is None: pass one name per row of vectors, or a VectorBank")
+        names = _check_names(names)
+        matrix = as_array(vectors, "vectors", 2).astype(np.float64)
+        if matrix.shape[0] != len(names):
+            raise VectorError(
+                f"vectors has {matrix.shape[0]} rows but names has {len(names)} entries; "
+                "pass one name per vector"
+            )
+        if not np.isfinite(matrix).all():
+            raise VectorError("vectors has NaN or infinite values; refit them")
+    z = _check_latents(latents)
+    if z.shape[1] != matrix.shape[1]:
+        raise VectorError(
+            f"latents has {z.shape[1]} columns but the vectors have {matrix.shape[1]}; "
+            "pass latents from the model the vectors were made for"
+        )
+    label_names = _check_names(label_names)
+    y = _check_labels(labels, z.shape[0], label_names)
+    if train_labels is not None:
+        train = to_numpy(train_labels)
+        y_conf = _check_labels(train, train.shape[0] if train.ndim else 0, label_names)
+    else:
+        y_conf = y
+    column = {n.casefold(): j for j, n in enumerate(label_names)}
+
+    scores = z.astype(np.float64) @ matrix.T  # (N, A)
+    auc = np.full(len(names), np.nan)
+    eval_counts: dict[str, list[int]] = {}
+    notes: dict[str, str] = {}
+    for i, name in enumerate(names):
+        j = column.get(name.casefold())
+        if j is None:
+            notes[name] = "not among the labels: no AUC or confounds"
+            continue
+        pos = int(y[:, j].sum())
+        eval_counts[name] = [z.shape[0] - pos, pos]
+        if pos == 0 or pos == z.shape[0]:
+            empty = "positives" if pos == 0 else "negatives"
+            notes[name] = f"no held-out {empty}: AUC undefined; hold out more data"
+            continue
+        auc[i] = roc_auc_score(y[:, j], scores[:, i])
+
+    norms = np.linalg.norm(matrix, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = matrix / norms[:, None]  # zero vectors give NaN rows: their cosine is undefined
+    cosine = np.clip(unit @ unit.T, -1.0, 1.0)
+    np.fill_diagonal(cosine, np.where(norms > 0, 1.0, np.nan))
+    for name, n in zip(names, norms):
+        if n == 0:
+            notes[name] = "; ".join(filter(None, [notes.get(name), "zero vector: no cosine"]))
+
+    r = _correlations(y_conf)  # (A_all, A_all), 0 for constant columns
+    confounds: dict[str, list[tuple[str, float]]] = {}
+    for name in names:
+        j = column.get(name.casefold())
+        if j is None:
+            continue
+        order = [k for k in np.argsort(-np.abs(r[j]), kind="stable") if k != j and r[j, k] != 0]
+        confounds[name] = [(label_names[k], float(r[j, k])) for k in order[:TOP_CONFOUNDS]]
+    return Report(
+        names=list(names),
+        auc=auc,
+        norms=norms,
+        cosine=cosine,
+        confounds=confounds,
+        counts=counts,
+        eval_counts=eval_counts,
+        notes=notes,
+    )
+
+
+# -- the heatmap -------------------------------------------------------------------------------
+
+_POS = np.array([178, 24, 43], dtype=np.float64)  # ColorBrewer RdBu ends
+_NEG = np.array([33, 102, 172], dtype=np.float64)
+_NAN = (200, 200, 200)
+_PAD = 10
+_LABEL_CHARS = 24
+
+
+def _colours(values: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB of values in [-1, 1]: blue, white at 0, red; grey for NaN."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), -1.0, 1.0)[..., None]
+    end = np.where(v > 0, _POS, _NEG)
+    rgb = np.rint(255.0 + (end - 255.0) * np.abs(v)).astype(np.uint8)
+    rgb[np.isnan(values)] = _NAN
+    return rgb
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
+
+
+def _heatmap_layout(names: Sequence[str], title: str | None) -> dict[str, int]:
+    """Pixel geometry of the heatmap: grid origin (x0, y0), cell size, legend, image size."""
+    font = ImageFont.load_default()
+    n = len(names)
+    cell = 38 if n <= 12 else 14
+    sizes = [font.getbbox(_short(s)) for s in names]
+    label_w = max(b[2] - b[0] for b in sizes)
+    title_h = 0 if not title else font.getbbox(title)[3] + _PAD
+    x0 = _PAD + label_w + 6
+    y0 = _PAD + title_h + label_w + 6  # column labels are the row labels turned upright
+    grid = n * cell
+    legend_h = max(grid, 100)
+    legend_x = x0 + grid + 16
+    tick_w = max(font.getbbox(t)[2] for t in ("+1", "0", "-1"))
+    width = max(
+        legend_x + 14 + 6 + tick_w + _PAD, _PAD * 2 + (font.getbbox(title)[2] if title else 0)
+    )
+    height = y0 + max(grid, legend_h) + _PAD
+    return {
+        "x0": x0,
+        "y0": y0,
+        "cell": cell,
+        "legend_x": legend_x,
+        "legend_h": legend_h,
+        "width": width,
+        "height": height,
+    }
+
+
+def _draw_heatmap(cosine: np.ndarray, names: Sequence[str], title: str | None) -> Image.Image:
+    font = ImageFont.load_default()
+    lay = _heatmap_layout(names, title)
+    x0, y0, cell, n = lay["x0"], lay["y0"], lay["cell"], len(names)
+    img = Image.new("RGB", (lay["width"], lay["height"]), "white")
+    draw = ImageDraw.Draw(img)
+
+    def text_at(x: float, y: float, text: str, fill: Any = "black") -> None:
+        """Draw ``text`` with its ink's top-left corner at (x, y)."""
+        left, top, _, _ = font.getbbox(text)
+        draw.text((round(x - left), round(y - top)), text, fill=fill, font=font)
+
+    if title:
+        text_at(_PAD, _PAD, title)
+    grid = Image.fromarray(_colours(np.asarray(cosine, dtype=np.float64)), "RGB")
+    img.paste(grid.resize((n * cell, n * cell), Image.Resampling.NEAREST), (x0, y0))
+
+    for k, name in enumerate(names):
+        label = _short(name)
+        left, top, right, bottom = font.getbbox(label)
+        w, h = right - left, bottom - top
+        text_at(x0 - 6 - w, y0 + k * cell + (cell - h) / 2, label)  # row label, right-aligned
+        mask = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(mask).text((-left, -top), label, fill=255, font=font)
+        mask = mask.rotate(90, expand=True)  # reads bottom to top, ends at the grid
+        img.paste((0, 0, 0), (x0 + k * cell + (cell - h) // 2, y0 - 6 - w), mask)
+
+    if n <= 12:
+        for r in range(n):
+            for c in range(n):
+                v = float(cosine[r, c])
+                text = "n/a" if math.isnan(v) else f"{v:+.2f}"
+                left, top, right, bottom = font.getbbox(text)
+                fill = "white" if not math.isnan(v) and abs(v) > 0.55 else "black"
+                text_at(
+                    x0 + c * cell + (cell - (right - left)) / 2,
+                    y0 + r * cell + (cell - (bottom - top)) / 2,
+                    text,
+                    fill,
+                )
+
+    lx, lh = lay["legend_x"], lay["legend_h"]
+    ramp = np.linspace(1.0, -1.0, lh)[:, None].repeat(14, axis=1)  # +1 at the top
+    img.paste(Image.fromarray(_colours(ramp), "RGB"), (lx, y0))
+    draw.rectangle((lx - 1, y0 - 1, lx + 14, y0 + lh), outline=(120, 120, 120))
+    for text, frac in (("+1", 0.0), ("0", 0.5), ("-1", 1.0)):
+        _, top, _, bottom = font.getbbox(text)
+        y = y0 + frac * (lh - 1) - (bottom - top) / 2
+        text_at(lx + 20, min(max(y, y0), y0 + lh - (bottom - top)), text)
+    return img
