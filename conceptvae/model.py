@@ -583,6 +583,19 @@ class ConceptVAE(nn.Module):
         sigma = cfg.region_sigma * cfg.image_size
         return region_weight_map(cfg.image_size, points, sigma, cfg.region_weight)
 
+    def model_hash(self) -> str:
+        """First 16 hex digits of a sha256 over the config and every weight and buffer.
+
+        Two models share a hash only when they compute the same function, so a vector bank or a
+        latent cache records it to tell which model it was made for.
+        """
+        h = hashlib.sha256(self.config.config_hash().encode())
+        for name, t in sorted(self.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
     # -- model directories --------------------------------------------------------------------
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:

@@ -42,7 +42,13 @@ from torch import nn
 
 from conceptvae._fs import atomic_write, atomic_write_bytes, atomic_write_text
 from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE
-from conceptvae.data.cache import BatchLoader, PreparedCache, is_cache, open_cache
+from conceptvae.data.cache import (
+    BatchLoader,
+    PreparedCache,
+    is_cache,
+    open_cache,
+    open_or_prepare,
+)
 from conceptvae.errors import TrainError
 from conceptvae.model import IMAGE_SIZES, ConceptVAE, VAEConfig, region_weight_map
 
@@ -156,6 +162,19 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def model_config_for(data: PreparedCache, **overrides: Any) -> VAEConfig:
+    """The default :class:`VAEConfig` for a prepared cache: its image size and, when the data
+    has labels and ``attr_weight`` > 0, an attribute head over all of them (``attr_dim``).
+
+    ``overrides`` are VAEConfig fields; an explicit ``attr_dim`` is kept as given.
+    """
+    fields = {"image_size": data.image_size, **overrides}
+    cfg = VAEConfig(**fields)
+    if "attr_dim" not in overrides and cfg.attr_weight > 0 and data.attr_names:
+        cfg = dataclasses.replace(cfg, attr_dim=len(data.attr_names))
+    return cfg
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a :class:`TrainError`."""
     if name == "auto":
@@ -246,27 +265,13 @@ def _open_data(
     data: Any, out: Path, image_size: int, cache: Any, workers: int, progress: bool, d: _Dist
 ) -> PreparedCache:
     """A prepared cache from ``data`` (a cache, or a raw dataset prepared once beside ``out``)."""
-    if isinstance(data, PreparedCache):
-        c = data
-    elif is_cache(data):
-        c = open_cache(data)
-    else:
-        from conceptvae.data import open_dataset
-        from conceptvae.data.cache import prepare
-
-        cache_dir = Path(cache) if cache is not None else out.parent / (out.name + "-cache")
-        c = None
-        if d.main:
-            source = open_dataset(data)  # DataError when DATA is not a dataset
-            if is_cache(cache_dir):
-                c = open_cache(cache_dir)
-            else:
-                c = prepare(
-                    source, cache_dir, image_size=image_size, workers=workers, progress=progress
-                )
-        _barrier(d)
-        if c is None:
-            c = open_cache(cache_dir)
+    cache_dir = Path(cache) if cache is not None else out.parent / (out.name + "-cache")
+    c = None
+    if d.main or isinstance(data, PreparedCache) or is_cache(data):
+        c = open_or_prepare(data, cache_dir, image_size, workers=workers, progress=progress)
+    _barrier(d)
+    if c is None:
+        c = open_cache(cache_dir)
     if c.image_size != image_size:
         if c.image_size in IMAGE_SIZES:
             hint = f"pass --image-size {c.image_size}, or prepare the data again at {image_size} px"

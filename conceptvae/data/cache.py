@@ -790,6 +790,37 @@ def open_cache(path: str | os.PathLike) -> PreparedCache:
     return PreparedCache(path)
 
 
+def open_or_prepare(
+    data: Any,
+    cache_dir: str | os.PathLike,
+    image_size: int,
+    *,
+    labels: str | os.PathLike | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> PreparedCache:
+    """``data`` as a prepared cache: itself when it is one, else the dataset found there (or
+    given as :class:`LabelledImages`) prepared once into ``cache_dir`` at ``image_size``; an
+    existing cache in ``cache_dir`` is reused.
+
+    The caller checks the image size of what comes back: a cache given directly or found in
+    ``cache_dir`` keeps its own size.
+    """
+    from conceptvae.data import LabelledImages, open_dataset
+
+    if isinstance(data, PreparedCache):
+        return data
+    if not isinstance(data, LabelledImages) and is_cache(data):
+        if labels is not None:
+            raise DataError(f"{data} is a prepared cache: --labels applies to image folders only")
+        return open_cache(data)
+    # DataError when DATA is not a dataset
+    source = data if isinstance(data, LabelledImages) else open_dataset(data, labels=labels)
+    if is_cache(cache_dir):
+        return open_cache(cache_dir)
+    return prepare(source, cache_dir, image_size=image_size, workers=workers, progress=progress)
+
+
 class PreparedCache:
     """A prepared cache opened for reading; ``images`` is memory-mapped.
 
