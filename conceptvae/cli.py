@@ -9,14 +9,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
 import numpy as np
 
+from attributes.errors import VectorError
 from conceptvae.errors import ConceptVAEError, DataError
 
 PARTITION_NAMES = ("train", "valid", "test")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, UserWarning):
+        click.echo(f"warning: {message}", err=True)
 
 
 class _Group(click.Group):
@@ -24,8 +31,12 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except ConceptVAEError as e:
+            with warnings.catch_warnings():
+                # warnings meant for users (few examples, skipped labels) read as one line
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
+        except (ConceptVAEError, VectorError) as e:
             if os.environ.get("CONCEPTVAE_DEBUG"):
                 raise
             raise click.ClickException(str(e)) from None
@@ -258,6 +269,8 @@ def _attr_names(data: str) -> list[str]:
               help="Per process.")  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--beta", type=float, default=0.05, show_default=True, help="KL weight.")
+@click.option("--free-bits", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="KL floor per latent dimension, in nats (0: off).")  # fmt: skip
 @click.option("--kl-warmup-steps", type=click.IntRange(min=0), default=2000, show_default=True)
 @click.option("--region-weight", type=float, default=0.0, show_default=True,
               help="Extra loss weight on eyes and mouth (0: off).")  # fmt: skip
@@ -320,7 +333,8 @@ def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **o
         for name in _RUN_DIRS:
             shutil.rmtree(run / name, ignore_errors=True)
 
-    model_keys = ("image_size", "latent_dim", "patch_size", "channels", "beta", "region_weight")
+    model_keys = ("image_size", "latent_dim", "patch_size", "channels", "beta", "free_bits",
+                  "region_weight")  # fmt: skip
     train_keys = ("epochs", "batch_size", "lr", "kl_warmup_steps", "max_minutes", "max_steps",
                   "seed", "workers", "probe", "log_every")  # fmt: skip
     if resume:
@@ -436,3 +450,115 @@ def _first_images(data: str, split: str, n: int, image_size: int):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("data", type=click.Path(), required=False)
+@click.option("--method", type=click.Choice(["mean", "balanced", "classifier", "conditional"]),
+              default="mean", show_default=True,
+              help="With --condition: the base the conditions are projected out of.")  # fmt: skip
+@click.option("--attributes", help="Comma-separated names to fit (default: all labels).")
+@click.option("--condition", help="Comma-separated names held fixed (projected out).")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Labels CSV for an image folder.")
+@click.option("--positive", type=click.Path(file_okay=False), help="Folder of images with it.")
+@click.option("--negative", type=click.Path(file_okay=False), help="Folder of images without it.")
+@click.option("--name", help="The attribute's name with --positive/--negative.")
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Where a raw dataset is prepared [default: RUN-cache beside RUN].")  # fmt: skip
+@click.option("--replace", is_flag=True, help="Start a new bank instead of adding to RUN's.")
+@click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes for preparing a raw dataset (0: all cores).")  # fmt: skip
+def vectors(
+    run: str,
+    data: str | None,
+    method: str,
+    attributes: str | None,
+    condition: str | None,
+    labels: str | None,
+    positive: str | None,
+    negative: str | None,
+    name: str | None,
+    cache: str | None,
+    replace: bool,
+    show: bool,
+    batch_size: int,
+    device: str,
+    workers: int,
+) -> None:
+    """Fit concept vectors for the model in RUN from the labels of DATA and save them in RUN.
+
+    The train split's posterior means are fitted (and cached in RUN/latents), the valid split
+    judges them: held-out AUC, norms, cosines, confounds, printed and written beside the bank.
+    """
+    from pathlib import Path
+
+    from conceptvae import vectors as V
+    from conceptvae.data.cache import open_or_prepare
+    from conceptvae.data.folder import read_pair
+    from conceptvae.model import ConceptVAE
+    from conceptvae.train import resolve_device
+
+    run_dir = Path(run)
+    if show:
+        if data or positive or negative:
+            raise click.UsageError("--show prints the saved bank: give only RUN")
+        bank = V.load_bank(run_dir)
+        if bank is None:
+            raise DataError(f"{run_dir} has no vectors yet: run `conceptvae vectors {run} DATA`")
+        click.echo(V.describe_bank(bank))
+        report = run_dir / V.REPORT_TEXT
+        if report.is_file():
+            click.echo("")
+            click.echo(report.read_text(encoding="utf-8").rstrip())
+        return
+    pair = positive is not None or negative is not None
+    if pair:
+        if data or labels:
+            raise click.UsageError("give DATA (with --labels) or --positive/--negative, not both")
+        if not (positive and negative and name):
+            raise click.UsageError("--positive, --negative and --name go together")
+        source: Any = read_pair(positive, negative, name)
+        label_source = f"positive {positive}, negative {negative}"
+    elif data is None:
+        raise click.UsageError("give DATA (a dataset or a prepared cache), or --show")
+    else:
+        source = data
+        label_source = None
+    vae = ConceptVAE.from_pretrained(run_dir, device=resolve_device(device))
+    size = vae.config.image_size
+    if pair:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="conceptvae-pair-") as tmp:
+            c = open_or_prepare(source, Path(tmp) / "cache", size, workers=workers)
+            new, report = V.fit_vectors(
+                vae, c, None, method=method, condition=_names(condition),
+                label_source=label_source, batch_size=batch_size,
+            )  # fmt: skip
+    else:
+        cache_dir = Path(cache) if cache else run_dir.parent / (run_dir.name + "-cache")
+        c = open_or_prepare(source, cache_dir, size, labels=labels, workers=workers)
+        new, report = V.fit_vectors(
+            vae, c, run_dir, method=method, attributes=_names(attributes),
+            condition=_names(condition), batch_size=batch_size,
+        )  # fmt: skip
+    old = None if replace else V.load_bank(run_dir)
+    if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
+        click.echo(f"warning: replacing the vectors in {run_dir}, made for another model", err=True)
+    bank = V.merge_banks(old, new)
+    bank.save(run_dir)
+    paths = V.save_report(report, run_dir, title=f"cosine similarity ({new.metadata['method']})")
+    click.echo(report.to_text())
+    click.echo(
+        f"saved {len(new)} vectors ({len(bank)} in the bank) to {run_dir}; report in "
+        f"{paths[0].name}, {paths[1].name}, {paths[2].name}"
+    )

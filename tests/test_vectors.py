@@ -1,0 +1,223 @@
+"""`conceptvae vectors`: encode, fit, save the bank into the run, report; and its bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import conceptvae.vectors as V
+from attributes.bank import VectorBank
+from conceptvae.cli import cli
+from conceptvae.data import open_dataset
+from conceptvae.data.cache import open_cache, prepare
+from conceptvae.model import ConceptVAE, VAEConfig
+
+S = 64
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    err = [
+        line for line in result.stderr.splitlines() if line.strip() and "img/s" not in line
+    ]  # progress bars aside
+    assert len(err) == 1, err
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def write_images(folder, n, bright, seed):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 60, (S, S, 3), dtype=np.uint8) + np.uint8(150 * bright)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 40-image labelled folder prepared at 64 px, and a tiny untrained model saved as RUN."""
+    root = tmp_path_factory.mktemp("vec")
+    src = root / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["filename,partition,Bright,Red,Never"]
+    for i in range(40):
+        bright, red = i % 2, (i // 2) % 2
+        arr = rng.integers(0, 60, (S, S, 3), dtype=np.uint8) + np.uint8(120 * bright)
+        arr[..., 0] += np.uint8(70 * red)
+        Image.fromarray(arr).save(src / f"{i:03d}.png")
+        rows.append(f"{i:03d}.png,{0 if i < 28 else 1},{bright},{red},0")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    prepare(open_dataset(src), root / "cache", image_size=S, workers=1, progress=False)
+    torch.manual_seed(0)
+    cfg = VAEConfig(image_size=S, latent_dim=8, patch_size=16, channels=(8,))
+    ConceptVAE(cfg).save_pretrained(root / "run")
+    return root
+
+
+def fresh_run(data, tmp_path, name="run"):
+    import shutil
+
+    shutil.copytree(data / "run", tmp_path / name)
+    return tmp_path / name
+
+
+def test_vectors_are_the_mean_difference_of_the_models_posterior_means(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    r = run("vectors", run_dir, data / "cache")
+    assert r.exit_code == 0, r.output
+    assert "skipping 1 labels with only one class" in r.stderr and "Never" in r.stderr
+    bank = VectorBank.load(run_dir, model_hash=ConceptVAE.from_pretrained(run_dir).model_hash())
+    assert bank.names == ["Bright", "Red"]
+
+    # independent computation: encode the train split by hand, numpy means
+    vae = ConceptVAE.from_pretrained(run_dir)
+    cache = open_cache(data / "cache")
+    idx = cache.split("train")
+    with torch.no_grad():
+        z = vae.encode(cache.batch(idx)).mean.double().numpy()
+    y = np.asarray(cache.labels[idx])
+    for j, name in enumerate(cache.attr_names[:2]):
+        want = z[y[:, j] == 1].mean(0) - z[y[:, j] == 0].mean(0)
+        np.testing.assert_allclose(bank[name], want, atol=1e-5)
+
+    meta = json.loads((run_dir / "vectors.json").read_text())
+    assert meta["metadata"]["method"] == "mean"
+    assert meta["metadata"]["counts"]["Bright"] == [int((y[:, 0] == 0).sum()), int(y[:, 0].sum())]
+    for f in (V.REPORT_TEXT, V.REPORT_JSON, V.HEATMAP):
+        assert (run_dir / f).is_file()
+    assert "Bright" in r.output and "AUC" in r.output
+
+
+def test_second_call_reads_the_latent_cache_and_a_new_model_does_not(data, tmp_path, monkeypatch):
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache").exit_code == 0
+    files = sorted((run_dir / V.LATENTS_DIR).glob("*.npy"))
+    assert [f.name.split("-")[0] for f in files] == ["train", "valid"]
+    first = VectorBank.load(run_dir)["Bright"].copy()
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(V, "encode_means", no_encoding)
+    r = run("vectors", run_dir, data / "cache", "--method", "balanced")
+    assert r.exit_code == 0, r.output
+    assert VectorBank.load(run_dir).metadata["method"] == "balanced"
+    monkeypatch.undo()
+
+    vae = ConceptVAE.from_pretrained(run_dir)  # another model in the same folder
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.01)
+    vae.save_pretrained(run_dir)
+    r = run("vectors", run_dir, data / "cache")
+    assert r.exit_code == 0, r.output
+    assert "made for another model" in r.stderr
+    after = sorted((run_dir / V.LATENTS_DIR).glob("*.npy"))
+    assert len(after) == 2 and set(after).isdisjoint(files)  # old latents replaced
+    assert not np.array_equal(VectorBank.load(run_dir)["Bright"], first)
+
+
+def test_conditional_vector_is_orthogonal_to_the_condition(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    r = run("vectors", run_dir, data / "cache", "--attributes", "Bright", "--condition", "Red")
+    assert r.exit_code == 0, r.output
+    bank = VectorBank.load(run_dir)
+    assert bank.names == ["Bright"]
+    assert bank.metadata["method"] == "conditional"
+    # the Red direction it was made orthogonal to: the balanced Red vector
+    r = run("vectors", run_dir, data / "cache", "--attributes", "Red", "--method", "balanced")
+    assert r.exit_code == 0, r.output
+    bank = VectorBank.load(run_dir)
+    assert bank.names == ["Bright", "Red"]  # added to the bank, Bright kept
+    assert bank.metadata["vectors"]["Bright"]["method"] == "conditional"
+    assert bank.metadata["vectors"]["Red"]["method"] == "balanced"
+    a, b = bank["Bright"], bank["Red"]
+    cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert abs(cos) < 1e-4
+
+
+def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache").exit_code == 0
+    write_images(tmp_path / "with", 12, 1, seed=1)
+    write_images(tmp_path / "without", 12, 0, seed=2)
+    r = run(
+        "vectors", run_dir, "--positive", tmp_path / "with", "--negative", tmp_path / "without",
+        "--name", "Glasses",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    bank = VectorBank.load(run_dir)
+    assert bank.names == ["Bright", "Red", "Glasses"]
+    info = bank.metadata["vectors"]["Glasses"]
+    assert "with" in info["label_source"] and sum(info["counts"]) <= 24
+
+    r = run("vectors", run_dir, "--show")
+    assert r.exit_code == 0, r.output
+    assert "Glasses" in r.output and "Bright" in r.output and "3 vectors" in r.output
+
+
+def test_unknown_attribute_suggests_the_name(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(
+        run("vectors", run_dir, data / "cache", "--attributes", "Brigth"),
+        "Brigth",
+        "did you mean 'Bright'",
+    )
+    assert not (run_dir / "vectors.json").exists()
+
+
+def test_condition_equal_to_the_target(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(
+        run("vectors", run_dir, data / "cache", "--attributes", "Red", "--condition", "Red"),
+        "Red",
+    )
+
+
+def test_label_with_one_class_named_when_asked_for(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(
+        run("vectors", run_dir, data / "cache", "--attributes", "Never"), "Never", "0 positives"
+    )
+
+
+def test_data_without_labels(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    plain = tmp_path / "plain"
+    write_images(plain, 6, 0, seed=3)
+    one_line_error(run("vectors", run_dir, plain), str(plain))
+
+
+def test_show_without_a_bank(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(run("vectors", run_dir, "--show"), "no vectors yet")
+
+
+def test_a_cache_at_another_size(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    small = prepare(
+        open_dataset(data / "src"), tmp_path / "c32", image_size=32, workers=1, progress=False
+    )
+    one_line_error(run("vectors", run_dir, small.path), "32 px", "64 px")
+
+
+def test_attributes_package_imports_neither_conceptvae_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, attributes, attributes.bank, attributes.report, attributes.estimators\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('conceptvae', 'torch'))\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
