@@ -6,7 +6,7 @@ Linear(128 -> 512*2*2), ConvTranspose2d(3x3, stride 2, padding 1, output_padding
 LeakyReLU blocks 512 -> 256 -> 128 -> 64 -> 32, a final ConvTranspose2d 32 -> 32 of the same kind
 + BatchNorm + LeakyReLU, Conv2d(32 -> 3, 3x3, padding 1), Tanh. Loss: MSE on [-1, 1] images plus
 KL weight 0.00025 times the batch mean of the per-sample KL (summed over latent dims). Trained
-with Adam, lr 0.005, batch 64, 64 x 64 images.
+with Adam, lr 0.005 decayed by 0.95 per epoch, batch 64, 64 x 64 images.
 
 It takes and returns images in [0, 1] like ``ConceptVAE`` (the [-1, 1] mapping stays inside) and
 its ``loss(x)`` returns the same keys, so one benchmark loop can drive both models.
@@ -22,6 +22,7 @@ LR = 0.005
 BATCH_SIZE = 64
 IMAGE_SIZE = 64
 KLD_WEIGHT = 0.00025
+SCHEDULER_GAMMA = 0.95  # ExponentialLR, stepped once per epoch
 
 
 def _down(cin: int, cout: int) -> nn.Sequential:

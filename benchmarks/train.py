@@ -19,6 +19,7 @@ folder. Prints a table and writes benchmarks/results/train.json.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import sys
@@ -32,15 +33,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_report  # noqa: E402
-from reference_vae import ReferenceVAE, make_optimizer  # noqa: E402
+from reference_vae import SCHEDULER_GAMMA, ReferenceVAE, make_optimizer  # noqa: E402
 
 from conceptvae.data.cache import BatchLoader, open_cache, prepare  # noqa: E402
 from conceptvae.data.celeba import read_celeba  # noqa: E402
 from conceptvae.data.synth import write_synthfaces  # noqa: E402
-from conceptvae.model import ConceptVAE, VAEConfig  # noqa: E402
-from conceptvae.train import TrainConfig  # noqa: E402
+from conceptvae.model import ConceptVAE  # noqa: E402
+from conceptvae.train import TrainConfig, _Feeder, linear_probe, model_config_for  # noqa: E402
 
 BATCH = 64
+PROBE_REPORTED = ("Smiling", "Eyeglasses", "Male", "Mouth_Slightly_Open")
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -55,13 +57,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def step_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+def step_flops(loss_fn, model: torch.nn.Module, batch: int) -> float:
     """FLOPs of one training step (forward + backward) per image."""
     model.train()
     with FlopCounterMode(display=False) as counter:
-        model.loss(x)["loss"].backward()
+        loss_fn().backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / x.shape[0]
+    return counter.get_total_flops() / batch
 
 
 @torch.inference_mode()
@@ -75,25 +77,18 @@ def valid_psnr(model: torch.nn.Module, cache, idx: np.ndarray) -> float:
     return float(torch.cat(psnrs).mean())
 
 
-def train_for(name, model, opt, cache, seconds, warmup_steps, beta_schedule=None) -> dict:
-    """Train ``model`` for ``seconds`` of wall-clock; return rates and the step count."""
+def train_for(name, step_fn, cache, seconds, warmup_steps) -> dict:
+    """Call ``step_fn(indices, step)`` on shuffled train batches for ``seconds`` of wall-clock."""
     torch.manual_seed(0)
     loader = BatchLoader(cache, "train", batch_size=BATCH, shuffle=True, drop_last=True, seed=0)
-    model.train()
     step, step_times = 0, []
     t_end = time.perf_counter() + seconds
     epoch = 0
     while time.perf_counter() < t_end:
-        loader.set_epoch(epoch)
-        for x, _ in loader:
+        order = loader.epoch_indices(epoch)
+        for k in range(0, order.size - BATCH + 1, BATCH):
             t = time.perf_counter()
-            if beta_schedule is None:
-                out = model.loss(x)
-            else:
-                out = model.loss(x, beta=beta_schedule(step))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
+            step_fn(np.sort(order[k : k + BATCH]), step)
             step_times.append(time.perf_counter() - t)
             step += 1
             if time.perf_counter() >= t_end:
@@ -103,10 +98,30 @@ def train_for(name, model, opt, cache, seconds, warmup_steps, beta_schedule=None
     return {
         "model": name,
         "steps": step,
+        "epochs": round(step * BATCH / cache.split("train").size, 2),
         "images": step * BATCH,
         "img_per_s": BATCH / statistics.median(timed),
         "img_per_s_wall": step * BATCH / seconds,
     }
+
+
+@torch.inference_mode()
+def probe(mean_fn, cache, n: int = 2000) -> dict[str, float]:
+    """Balanced valid accuracy of a logistic regression from mu to each label (the training
+    log's probe: ``n`` train and ``n`` valid images)."""
+    rng = np.random.default_rng(0)
+    train = cache.split("train")
+    tr = np.sort(rng.choice(train, min(n, train.size), replace=False))
+    va = cache.split("valid")[:n]
+    ytr, yva = np.asarray(cache.labels[tr]), np.asarray(cache.labels[va])
+    keep = [j for j in range(ytr.shape[1]) if 0 < ytr[:, j].sum() < tr.size and yva[:, j].sum() > 0]
+
+    def means(idx):
+        parts = [mean_fn(cache.batch(idx[i : i + 256])) for i in range(0, idx.size, 256)]
+        return torch.cat(parts).double().numpy()
+
+    names = [cache.attr_names[j] for j in keep]
+    return linear_probe(means(tr), ytr[:, keep], means(va), yva[:, keep], names)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,28 +147,66 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(0)
         x0 = cache.batch(cache.split("train")[:BATCH])
 
-        ours = ConceptVAE(VAEConfig(image_size=64)).to(memory_format=torch.channels_last)
+        ours_cfg = model_config_for(cache)
+        ours = ConceptVAE(ours_cfg).to(memory_format=torch.channels_last)
+        feed = _Feeder(cache, ours_cfg, torch.device("cpu"))
         tc = TrainConfig()
         ours_opt = torch.optim.AdamW(ours.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        beta = ours.config.beta
+        t_start = [0.0]
 
-        def warm(step: int) -> float:
-            return beta * min(1.0, (step + 1) / tc.kl_warmup_steps)
+        def ours_step(sel: np.ndarray, step: int) -> None:
+            # Our recipe for a wall-clock budget: KL warm-up, cosine decay to 5% over the budget.
+            if step == 0:
+                t_start[0] = time.perf_counter()
+            frac = min(1.0, (time.perf_counter() - t_start[0]) / seconds)
+            for g in ours_opt.param_groups:
+                g["lr"] = tc.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            beta = ours_cfg.beta * min(1.0, (step + 1) / tc.kl_warmup_steps)
+            x, y, w = feed(sel)
+            out = ours.loss(x, weight=w, labels=y, beta=beta)
+            ours_opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            ours_opt.step()
 
         ref = ReferenceVAE()
         ref_opt = make_optimizer(ref)
+        ref_sched = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=SCHEDULER_GAMMA)
+        steps_per_epoch = cache.split("train").size // BATCH
+
+        def ref_step(sel: np.ndarray, step: int) -> None:
+            out = ref.loss(cache.batch(sel))
+            ref_opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            ref_opt.step()
+            if (step + 1) % steps_per_epoch == 0:
+                ref_sched.step()  # the reference config decays its lr by 0.95 per epoch
+
         peak = matmul_peak()
-        flops = {"ours": step_flops(ours, x0), "reference": step_flops(ref, x0)}
+        sel0 = cache.split("train")[:BATCH]
+        x0, y0, w0 = feed(sel0)
+        flops = {
+            "ours": step_flops(lambda: ours.loss(x0, weight=w0, labels=y0)["loss"], ours, BATCH),
+            "reference": step_flops(lambda: ref.loss(x0)["loss"], ref, BATCH),
+        }
+        ref.train()
+        ours.train()
         runs = [
-            train_for("reference", ref, ref_opt, cache, seconds, 5),
-            train_for("ours", ours, ours_opt, cache, seconds, 5, warm),
+            train_for("reference", ref_step, cache, seconds, 5),
+            train_for("ours", ours_step, cache, seconds, 5),
         ]
-        runs[0]["psnr"] = valid_psnr(ref, cache, valid)
-        runs[1]["psnr"] = valid_psnr(ours, cache, valid)
+        models = {"reference": ref, "ours": ours}
+        mean_fns = {"reference": lambda x: ref.encode(x)[0], "ours": lambda x: ours.encode(x).mean}
         for r in runs:
-            key = "ours" if r["model"] == "ours" else "reference"
+            key = r["model"]
+            models[key].eval()
+            r["psnr"] = valid_psnr(models[key], cache, valid)
             r["gflop_per_img"] = flops[key] / 1e9
             r["fraction_of_peak"] = flops[key] * r["img_per_s"] / peak
+            if cache.attr_names:
+                acc = probe(mean_fns[key], cache)
+                r["probe"] = acc
+                r["probe_mean"] = float(np.mean(list(acc.values())))
+        config = ours_cfg.to_dict()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -172,12 +225,20 @@ def main(argv: list[str] | None = None) -> dict:
         )
     speedup = our_r["img_per_s"] / ref_r["img_per_s"]
     print(f"ours / reference: {speedup:.2f}x img/s, {our_r['psnr'] - ref_r['psnr']:+.2f} dB PSNR")
+    if "probe" in our_r:
+        print("linear probe on mu (balanced valid accuracy):")
+        print(f"{'attribute':<22} {'reference':>10} {'ours':>8}")
+        for name in PROBE_REPORTED:
+            a, b = (r["probe"].get(name, float("nan")) for r in runs)
+            print(f"{name:<22} {a:>10.3f} {b:>8.3f}")
+        print(f"{'mean of all':<22} {ref_r['probe_mean']:>10.3f} {our_r['probe_mean']:>8.3f}")
     return write_report(
         args.out,
         "train",
         info,
         matmul_peak_gflops=peak / 1e9,
         settings={"seconds_per_model": seconds, "batch": BATCH, "images": len(cache)},
+        ours_config=config,
         runs=runs,
         speedup=speedup,
     )
