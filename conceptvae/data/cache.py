@@ -45,6 +45,7 @@ from conceptvae._fs import atomic_write_json, check_output_dir, publish_dir
 from conceptvae._parallel import worker_pool
 from conceptvae.data import LabelledImages
 from conceptvae.errors import DataError, OutputError
+from conceptvae.images import to_rgb, unreadable_reason
 
 if TYPE_CHECKING:
     import torch
@@ -87,24 +88,6 @@ _UNREADABLE = (
 
 # ------------------------------------------------------------------------------------------------
 # Decoding one image (runs in the worker processes)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; transparency is composited on white, 16-bit is scaled, not clipped."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if a.size and a.max() > 255:
-            a = a / 257.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        background.alpha_composite(im)
-        return background.convert("RGB")
-    return im.convert("RGB")
 
 
 def _unorient_box(
@@ -157,7 +140,7 @@ def _load_image(
                 if drafted is not None:
                     scale = w0 / drafted[1][2]
         im.load()
-        rgb = _to_rgb(im)
+        rgb = to_rgb(im)
     # The centred square of the upright (EXIF-oriented) image, mapped back into the stored
     # frame: resize there, then orient only the small result (exact, and cheaper).
     left, top = (w - c) // 2, (h - c) // 2
@@ -168,23 +151,6 @@ def _load_image(
     if orientation != 1:
         out = out.transpose(_ORIENTATION[orientation])
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1), (w, h)
-
-
-def _reason(path: str, e: BaseException) -> str:
-    """A short, human reason for an unreadable file."""
-    with contextlib.suppress(OSError):
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-    if isinstance(e, Image.UnidentifiedImageError):
-        return "not an image (cannot identify the file format)"
-    if isinstance(e, FileNotFoundError):
-        return "file not found"
-    text = str(e).replace(str(path), "").strip(" :'\"") or type(e).__name__
-    if "truncated" in text:
-        return f"truncated image ({text})"
-    if isinstance(e, Image.DecompressionBombError):
-        return f"image too large ({text})"
-    return f"cannot decode ({type(e).__name__}: {text})"
 
 
 def _decode_chunk(task: tuple) -> tuple:
@@ -205,7 +171,7 @@ def _decode_chunk(task: tuple) -> tuple:
             try:
                 images[j], sizes[j] = _load_image(path, image_size, crop, apply_exif)
             except _UNREADABLE as e:
-                failures.append((j, _reason(path, e)))
+                failures.append((j, unreadable_reason(path, e)))
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
     return chunk, images, sizes, failures
