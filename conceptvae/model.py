@@ -81,6 +81,10 @@ class VAEConfig:
     ``w`` is an optional per-pixel weight map (see :func:`region_weight_map`; ``region_weight``
     and ``region_sigma`` are the strength and the width, as a fraction of ``image_size``, the
     training code uses to build it from landmarks; 0 turns it off).
+
+    ``crop`` records the frame of the training images, for editing: the centred square (in
+    pixels of CelebA's aligned 178 x 218 image) they were cut with. Training fills it in from a
+    CelebA-layout cache; None means the data was not in CelebA's aligned frame.
     """
 
     image_size: int = 64
@@ -100,6 +104,7 @@ class VAEConfig:
     region_sigma: float = 0.05
     attr_dim: int = 0
     attr_weight: float = 1.0
+    crop: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("image_size", "latent_dim", "patch_size", "attr_dim"):
@@ -164,6 +169,14 @@ class VAEConfig:
             setattr(self, name, float(v))
         if self.region_sigma <= 0:
             raise ModelError("region_sigma must be > 0 (a fraction of image_size), got 0")
+        if self.crop is not None:
+            c = self.crop
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 178:
+                raise ModelError(
+                    f"crop must be None or a size in (0, 178] pixels of CelebA's aligned frame, "
+                    f"got {c!r}"
+                )
+            self.crop = float(c)
 
     @property
     def num_stages(self) -> int:
@@ -584,12 +597,13 @@ class ConceptVAE(nn.Module):
         return region_weight_map(cfg.image_size, points, sigma, cfg.region_weight)
 
     def model_hash(self) -> str:
-        """First 16 hex digits of a sha256 over the config and every weight and buffer.
+        """First 16 hex digits of a sha256 over every weight and buffer (names, shapes, bytes).
 
-        Two models share a hash only when they compute the same function, so a vector bank or a
-        latent cache records it to tell which model it was made for.
+        A vector bank or a latent cache records it to tell which model it was made for. Only the
+        tensors count, not the config, so loss settings or a newer config format (new keys with
+        defaults) do not change the hash of the same trained network.
         """
-        h = hashlib.sha256(self.config.config_hash().encode())
+        h = hashlib.sha256()
         for name, t in sorted(self.state_dict().items()):
             t = t.detach().cpu().contiguous()
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

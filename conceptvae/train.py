@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 from conceptvae._fs import atomic_write, atomic_write_bytes, atomic_write_text
-from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE
 from conceptvae.data.cache import (
     BatchLoader,
     PreparedCache,
@@ -50,6 +49,7 @@ from conceptvae.data.cache import (
     open_or_prepare,
 )
 from conceptvae.errors import TrainError
+from conceptvae.faces import Frame
 from conceptvae.model import IMAGE_SIZES, ConceptVAE, VAEConfig, region_weight_map
 
 __all__ = [
@@ -287,6 +287,14 @@ def _open_data(
     return c
 
 
+def data_crop(meta: dict[str, Any]) -> float | None:
+    """The aligned-frame crop of a cache (``VAEConfig.crop``): its ``crop`` for CelebA layouts
+    (the whole 178 px width when it kept the full image), None for other data."""
+    if not str(meta.get("layout") or "").startswith("celeba"):
+        return None
+    return float(Frame.from_meta(meta, image_size=64).crop)
+
+
 def template_points(meta: dict[str, Any], image_size: int) -> np.ndarray:
     """Eyes and mouth centre (3, 2) in 0-based cache pixels from CelebA's aligned template.
 
@@ -298,16 +306,7 @@ def template_points(meta: dict[str, Any], image_size: int) -> np.ndarray:
     if not layout.startswith("celeba"):
         c = (image_size - 1) / 2.0
         return np.array([[c, c]], np.float32)
-    w, h = ALIGNED_SIZE
-    crop = meta.get("crop")
-    crop = float(crop) if isinstance(crop, (int, float)) and crop > 0 else float(min(w, h))
-    left, top = math.floor((w - crop) / 2), math.floor((h - crop) / 2)
-    s = image_size / crop
-    pts = [ALIGNED_TEMPLATE[k] for k in ("lefteye", "righteye", "mouth")]
-    return np.array(
-        [[(x - 1.0 - left + 0.5) * s - 0.5, (y - 1.0 - top + 0.5) * s - 0.5] for x, y in pts],
-        np.float32,
-    )
+    return Frame.from_meta(meta, image_size).points().astype(np.float32)
 
 
 class _Feeder:
@@ -655,6 +654,8 @@ def train(
         saved = VAEConfig.from_dict(ckpt["model_config"])
         if model_config is None:
             model_config = saved
+        if model_config.crop is None:  # filled in from the data, not a setting
+            model_config = dataclasses.replace(model_config, crop=saved.crop)
         diff = _config_diff(saved.to_dict(), model_config.to_dict())
         if diff:
             raise TrainError(
@@ -707,6 +708,8 @@ def _train(
     d: _Dist,
 ) -> ConceptVAE:
     c = _open_data(data, out, mcfg.image_size, cache, cfg.workers, progress, d)
+    if mcfg.crop is None:
+        mcfg = dataclasses.replace(mcfg, crop=data_crop(c.meta))
     train_idx = c.split("train")
     if train_idx.size == 0:
         raise TrainError(
