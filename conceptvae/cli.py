@@ -562,3 +562,222 @@ def vectors(
         f"saved {len(new)} vectors ({len(bank)} in the bank) to {run_dir}; report in "
         f"{paths[0].name}, {paths[1].name}, {paths[2].name}"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# editing
+
+
+def _pipeline(run: str, device: str):
+    from conceptvae.edit import EditPipeline
+    from conceptvae.train import resolve_device
+
+    return EditPipeline.from_pretrained(run, device=resolve_device(device))
+
+
+def _out_folder(output: str | None):
+    """The -o folder, created when its parent exists."""
+    from pathlib import Path
+
+    from conceptvae.errors import OutputError
+
+    if output is None:
+        return None
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} is a file: give a folder; outputs keep their input's name")
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise OutputError(
+                f"the folder {out.parent} (for -o {out}) does not exist: create it or choose "
+                "another -o"
+            )
+        if out.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"):
+            raise OutputError(f"-o {out} looks like a file name: -o takes a folder")
+        out.mkdir()
+    return out
+
+
+def _face_option(face: str) -> int | str:
+    return "all" if face.strip().lower() == "all" else face
+
+
+def _photo_cells(images, max_side: int = 512):
+    """Photos scaled so the longer side is at most ``max_side`` (strips of big photos)."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        s = min(1.0, max_side / max(im.size))
+        out.append(im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)),
+                                                 Image.Resampling.LANCZOS))  # fmt: skip
+    return out
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("photos", nargs=-1, required=True)
+@click.option("--edit", "expr", help="An expression of the bank, e.g. 'Smiling+1.5'.")
+@click.option("--strength", type=float, default=1.0, show_default=True,
+              help="Multiplies the whole edit.")  # fmt: skip
+@click.option("--sweep", help="A strip at each strength instead, e.g. 'Smiling=-2:2:5'.")
+@click.option("--gif", is_flag=True, help="With --sweep: also an animation.")
+@click.option("-o", "--output", type=click.Path(), help="Output folder [default: beside each].")
+@click.option("--blend", type=click.Choice(["residual", "replace", "poisson"]),
+              default="residual", show_default=True)  # fmt: skip
+@click.option("--face", default="0", show_default=True, help="Face number (0 = largest) or all.")
+@click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Gradient steps fitting z to the face before editing.")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def edit(
+    run: str,
+    photos: tuple[str, ...],
+    expr: str | None,
+    strength: float,
+    sweep: str | None,
+    gif: bool,
+    output: str | None,
+    blend: str,
+    face: str,
+    no_align: bool,
+    refine: int,
+    device: str,
+) -> None:
+    """Edit the faces in PHOTOS (files, folders, globs) with the concept vectors of RUN.
+
+    Each output keeps its input's name in the -o folder (sweeps add _sweep, GIFs _sweep.gif);
+    without -o it goes beside the input as NAME_edited. Pixels away from the face stay as they
+    were. A bad file is reported and the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    from conceptvae.errors import ConceptVAEError
+    from conceptvae.grids import parse_sweep, save_gif, strip
+    from conceptvae.images import collect_inputs, output_path, write_image
+
+    if (expr is None) == (sweep is None):
+        raise click.UsageError("give --edit EXPR or --sweep NAME=START:STOP:COUNT")
+    if gif and sweep is None:
+        raise click.UsageError("--gif goes with --sweep")
+    values = None
+    if sweep is not None:
+        expr, values = parse_sweep(sweep)
+    paths, problems = collect_inputs(photos)
+    if not paths:
+        reasons = "; ".join(f"{a}: {r}" for a, r in problems) or "no input"
+        raise DataError(f"no photo to edit ({reasons})")
+    out = _out_folder(output)
+    pipe = _pipeline(run, device)
+    pipe.direction(expr)  # an unknown attribute or a bad expression fails before any photo
+    done, failed = 0, [(a, r) for a, r in problems]
+    for path in tqdm(paths, desc="editing", unit="photo", disable=len(paths) < 2):
+        try:
+            prepared = pipe.prepare(path, face=_face_option(face), align=not no_align,
+                                    refine=refine)  # fmt: skip
+            if values is None:
+                image = pipe(prepared, expr, strength, blend=blend)
+                write_image(image, output_path(path, out), like=prepared.photo)
+            else:
+                frames = pipe.sweep(prepared, expr, values * strength, blend=blend)
+                cells = _photo_cells(frames)
+                title = f"{expr} (strength)"
+                write_image(strip(cells, list(values * strength), title=title),
+                            output_path(path, out, "_sweep"), like=prepared.photo)  # fmt: skip
+                if gif:
+                    save_gif(cells, output_path(path, out, "_sweep").with_suffix(".gif"))
+            done += 1
+        except (ConceptVAEError, VectorError) as e:
+            failed.append((str(path), str(e)))
+    where = out if out is not None else "beside the inputs"
+    click.echo(f"edited {done} photo{'s' if done != 1 else ''} ({where})")
+    if failed:
+        for name, reason in failed:
+            click.echo(f"failed: {name}: {reason}", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("photos", nargs=-1, required=True)
+@click.option("--steps", type=click.IntRange(min=2, max=32), default=8, show_default=True)
+@click.option("--method", type=click.Choice(["slerp", "lerp"]), default="slerp",
+              show_default=True)  # fmt: skip
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--gif", is_flag=True, help="Also an animation along the row (two photos).")
+@click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def interpolate(
+    run: str, photos: tuple[str, ...], steps: int, method: str, output: str, gif: bool,
+    no_align: bool, device: str,
+) -> None:  # fmt: skip
+    """Walk the latent space between the faces of 2 photos (a row) or 4 (a grid, the photos at
+    the corners: top-left, top-right, bottom-left, bottom-right)."""
+    from pathlib import Path
+
+    import torch
+
+    from conceptvae.grids import image_grid, interpolate_grid, save_gif
+    from conceptvae.grids import interpolate as interp
+    from conceptvae.images import write_image
+
+    if len(photos) not in (2, 4):
+        raise click.UsageError(f"give 2 or 4 photos, got {len(photos)}")
+    pipe = _pipeline(run, device)
+    faces = [pipe.prepare(p, align=not no_align).faces[0] for p in photos]
+    z = torch.stack([f.z for f in faces])
+    if len(photos) == 2:
+        zs = interp(z[0], z[1], steps, method)  # (steps, D)
+        crops = pipe.crops(faces[0], zs, residual=False)
+        ends = [torch.from_numpy(f.aligned.crop).permute(2, 0, 1).float() / 255 for f in faces]
+        row = torch.cat([ends[0][None], crops, ends[1][None]])
+        ts = [f"{t:.2f}".rstrip("0").rstrip(".") for t in torch.linspace(0, 1, steps).tolist()]
+        grid = image_grid(row[None], col_labels=["photo A", *ts, "photo B"], cell=96,
+                          title=f"{method} from A to B")  # fmt: skip
+        if gif:
+            from conceptvae.images import tensor_to_pil
+
+            save_gif([tensor_to_pil(c) for c in crops], Path(output).with_suffix(".gif"))
+    else:
+        zs = interpolate_grid(z, steps, steps, method)  # (steps, steps, D)
+        crops = pipe.crops(faces[0], zs.reshape(-1, zs.shape[-1]), residual=False)
+        grid = image_grid(crops.reshape(steps, steps, *crops.shape[1:]), cell=96,
+                          title=f"{method} between 4 faces (at the corners)")  # fmt: skip
+    write_image(grid, output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command(name="grid")
+@click.argument("run", type=click.Path())
+@click.argument("photo", type=click.Path())
+@click.option("--x", "x_sweep", required=True, help="Columns, e.g. 'Smiling=-2:2:5'.")
+@click.option("--y", "y_sweep", required=True, help="Rows, e.g. 'Male=-2:2:5'.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--face", default="0", show_default=True, help="Face number (0 = largest).")
+@click.option("--no-align", is_flag=True, help="Take the image as an aligned face crop.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def grid_command(
+    run: str, photo: str, x_sweep: str, y_sweep: str, output: str, face: str, no_align: bool,
+    device: str,
+) -> None:  # fmt: skip
+    """An attribute plane: the face of PHOTO edited along two attributes at once."""
+    import torch
+
+    from conceptvae.grids import image_grid, parse_sweep
+    from conceptvae.images import write_image
+
+    xname, xs = parse_sweep(x_sweep)
+    yname, ys = parse_sweep(y_sweep)
+    pipe = _pipeline(run, device)
+    dx, dy = pipe.direction(xname), pipe.direction(yname)
+    f = pipe.prepare(photo, face=face, align=not no_align).faces[0]
+    zs = torch.stack([f.z + float(b) * dy + float(a) * dx for b in ys for a in xs])
+    crops = pipe.crops(f, zs)
+    grid = image_grid(crops.reshape(len(ys), len(xs), *crops.shape[1:]), cell=96,
+                      col_labels=list(xs), row_labels=list(ys),
+                      title=f"{xname} (across) x {yname} (down)")  # fmt: skip
+    write_image(grid, output)
+    click.echo(f"wrote {output}")

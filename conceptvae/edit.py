@@ -1,0 +1,307 @@
+"""EditPipeline: photo -> faces -> aligned crops -> z -> z + edit -> decode -> back into the photo.
+
+Blend modes (how the edited face goes back):
+
+- ``residual`` (default): add the decoded change ``D(z') - D(z)``, warped to the photo, to the
+  original pixels under a feathered face mask. The photo keeps its own detail and resolution;
+  only what the edit changes moves. Strength 0 returns the photo unchanged, bit for bit.
+- ``replace``: the decoded face ``D(z')`` itself, under the same mask.
+- ``poisson``: ``D(z')`` blended with OpenCV's seamless cloning (gradient-domain) inside the
+  mask, which hides colour differences at the seam.
+
+In every mode, pixels outside the face mask are returned bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from attributes.bank import VectorBank
+from conceptvae.errors import ModelError
+from conceptvae.faces import (
+    AlignedFace,
+    Frame,
+    align_face,
+    find_faces,
+    photo_mask,
+    warp_to_photo,
+    whole_image_face,
+)
+from conceptvae.images import Photo, read_image
+from conceptvae.model import ConceptVAE
+
+BLENDS = ("residual", "replace", "poisson")
+FAR_PSNR_DB = 20.0  # a face reconstructed worse than this is far from the training data
+
+
+@dataclass
+class FaceLatent:
+    """One face of a photo in the model's latent space.
+
+    ``aligned``: the crop and its transforms; ``z``: (D,) posterior mean (refined if asked);
+    ``recon``: (3, S, S) float in [0, 1], ``D(z)``; ``psnr``: of ``recon`` against the crop.
+    """
+
+    aligned: AlignedFace
+    z: torch.Tensor
+    recon: torch.Tensor
+    psnr: float
+
+
+@dataclass
+class PreparedPhoto:
+    """A photo read and its faces encoded: what every edit of it starts from."""
+
+    photo: Photo
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    faces: list[FaceLatent]
+
+
+class EditPipeline:
+    """Edit faces in photos with the concept vectors of a bank.
+
+    ``vae``: a :class:`ConceptVAE`; ``bank``: its :class:`VectorBank` (checked to belong to
+    this model); ``frame``: the training frame faces are aligned into (default: from the
+    model's config, CelebA's 148 crop when it does not say).
+    """
+
+    def __init__(
+        self,
+        vae: ConceptVAE,
+        bank: VectorBank | None = None,
+        *,
+        frame: Frame | None = None,
+        blend: str = "residual",
+        feather: float = 0.08,
+    ) -> None:
+        self.vae = vae.eval()
+        self.model_hash = vae.model_hash()
+        if bank is not None:
+            bank.check_model(self.model_hash)  # a bank for another model: say so
+            if bank.dim != vae.config.latent_dim:
+                raise ModelError(
+                    f"the vectors have {bank.dim} dimensions but the model's latent has "
+                    f"{vae.config.latent_dim}: run `conceptvae vectors` for this model"
+                )
+        self.bank = bank
+        crop = vae.config.crop if vae.config.crop is not None else 148.0
+        self.frame = frame or Frame(image_size=vae.config.image_size, crop=crop)
+        _check_blend(blend)
+        self.blend = blend
+        self.feather = feather
+
+    @classmethod
+    def from_pretrained(
+        cls, run: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> EditPipeline:
+        """The model in ``run`` and its vectors (``conceptvae vectors``), if it has any."""
+        vae = ConceptVAE.from_pretrained(run, device=device)
+        bank = VectorBank.load(run) if (Path(run) / "vectors.json").is_file() else None
+        return cls(vae, bank, **kwargs)
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        photo: str | os.PathLike | Photo | Image.Image,
+        *,
+        face: int | str = 0,
+        align: bool = True,
+        refine: int = 0,
+    ) -> PreparedPhoto:
+        """Read ``photo``, find and align its faces (``face``: index, largest first, or
+        ``"all"``; ``align=False`` takes the whole image as an aligned face) and encode them."""
+        p = _as_photo(photo)
+        pixels = np.asarray(p.image, dtype=np.uint8)
+        if align:
+            faces = find_faces(pixels, face, source=p.path)
+            aligned = [align_face(pixels, f, self.frame) for f in faces]
+        else:
+            aligned = [whole_image_face(pixels, self.frame)]
+        crops = torch.stack([_crop_tensor(a.crop) for a in aligned]).to(self.vae.device)
+        z = self.encode(crops, refine=refine)
+        with torch.inference_mode():
+            recon = self.vae.decode(z).float().clamp(0, 1)
+        mse = (recon - crops).square().flatten(1).mean(1).clamp_min(1e-10)
+        psnr = (10 * torch.log10(1.0 / mse)).tolist()
+        out = [FaceLatent(a, z[i].detach(), recon[i].cpu(), psnr[i]) for i, a in enumerate(aligned)]
+        for i, f in enumerate(out):
+            if f.psnr < FAR_PSNR_DB:
+                which = f" (face {i})" if len(out) > 1 else ""
+                warnings.warn(
+                    f"{p.path}{which} is far from the training data (reconstruction PSNR "
+                    f"{f.psnr:.1f} dB < {FAR_PSNR_DB:.0f}): the edit may look wrong; try "
+                    "--refine 50, or check that a face was found (--no-align for crops)",
+                    stacklevel=2,
+                )
+        return PreparedPhoto(p, pixels, out)
+
+    def encode(self, crops: torch.Tensor, refine: int = 0, lr: float = 0.05) -> torch.Tensor:
+        """Posterior means of (B, 3, S, S) crops in [0, 1]; with ``refine`` > 0, that many Adam
+        steps on z lowering the crops' reconstruction error (a better fit for faces unlike the
+        training data, at some cost in how well the vectors apply)."""
+        with torch.inference_mode():
+            z = self.vae.encode(crops).mean.float()
+        if refine <= 0:
+            return z
+        z = z.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for p in self.vae.parameters():
+            p.requires_grad_(False)
+        try:
+            for _ in range(refine):
+                loss = (self.vae.decode(z) - crops).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            for p in self.vae.parameters():
+                p.requires_grad_(True)
+        return z.detach()
+
+    # -- editing ---------------------------------------------------------------------------
+
+    def direction(self, edit: str) -> torch.Tensor:
+        """The latent step of an edit expression (``"Smiling+1.5"``, ``"Smiling@Male"``)."""
+        if self.bank is None:
+            raise ModelError(
+                "this model has no concept vectors yet: run `conceptvae vectors RUN DATA` first"
+            )
+        v = self.bank.vector(edit)
+        return torch.from_numpy(np.ascontiguousarray(v)).to(self.vae.device)
+
+    @torch.inference_mode()
+    def render(
+        self, prepared: PreparedPhoto, steps: list[torch.Tensor], blend: str | None = None
+    ) -> np.ndarray:
+        """Apply one latent step per face (``steps[i]`` (D,)) and put the faces back:
+        (H, W, 3) uint8."""
+        blend = blend or self.blend
+        _check_blend(blend)
+        out = prepared.pixels
+        for f, step in zip(prepared.faces, steps):
+            if not bool(step.abs().max() > 0):
+                continue  # strength 0: nothing changes, bit for bit
+            new = self.vae.decode((f.z + step)[None]).float().clamp(0, 1)[0].cpu()
+            out = self._blend(out, f, new, blend)
+        return out
+
+    def _blend(self, pixels: np.ndarray, f: FaceLatent, new: torch.Tensor, blend: str):
+        shape = pixels.shape
+        mask = photo_mask(f.aligned, shape, self.feather)  # (H, W), exactly 0 off the face
+        inside = mask > 0
+        if not inside.any():
+            return pixels
+        if blend == "residual":
+            delta = (new - f.recon).permute(1, 2, 0).numpy() * 255.0  # (S, S, 3)
+            moved = warp_to_photo(delta, f.aligned, shape)  # (H, W, 3)
+            value = pixels[inside].astype(np.float32) + moved[inside] * mask[inside][:, None]
+        else:
+            face = new.permute(1, 2, 0).numpy() * 255.0
+            warped = warp_to_photo(face, f.aligned, shape)
+            if blend == "poisson":
+                warped = _seamless(pixels, warped, mask)
+            m = mask[inside][:, None]
+            value = pixels[inside].astype(np.float32) * (1 - m) + warped[inside] * m
+        out = pixels.copy()
+        out[inside] = np.clip(np.rint(value), 0, 255).astype(np.uint8)
+        return out
+
+    def __call__(
+        self,
+        photo: str | os.PathLike | Photo | Image.Image | PreparedPhoto,
+        edit: str,
+        strength: float = 1.0,
+        *,
+        blend: str | None = None,
+        face: int | str = 0,
+        align: bool = True,
+        refine: int = 0,
+    ) -> Image.Image:
+        """``photo`` with ``edit`` (an expression of the bank) applied at ``strength`` to the
+        chosen faces: a PIL image of the photo's own size."""
+        prepared = self._prepared(photo, face, align, refine)
+        step = self.direction(edit) * float(strength)
+        return Image.fromarray(self.render(prepared, [step] * len(prepared.faces), blend))
+
+    def sweep(
+        self,
+        photo: str | os.PathLike | Photo | Image.Image | PreparedPhoto,
+        edit: str,
+        strengths: list[float] | np.ndarray,
+        *,
+        blend: str | None = None,
+        face: int | str = 0,
+        align: bool = True,
+        refine: int = 0,
+    ) -> list[Image.Image]:
+        """The photo edited at each strength (one encoding, one decode per strength)."""
+        prepared = self._prepared(photo, face, align, refine)
+        d = self.direction(edit)
+        return [
+            Image.fromarray(self.render(prepared, [d * float(s)] * len(prepared.faces), blend))
+            for s in strengths
+        ]
+
+    def _prepared(self, photo, face, align, refine) -> PreparedPhoto:
+        if isinstance(photo, PreparedPhoto):
+            return photo
+        return self.prepare(photo, face=face, align=align, refine=refine)
+
+    # -- crops (for grids) -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def crops(self, face: FaceLatent, zs: torch.Tensor, residual: bool = True) -> torch.Tensor:
+        """Decoded crops (N, 3, S, S) in [0, 1] for latents ``zs`` (N, D) of one face; with
+        ``residual`` the change from ``D(z)`` is added to the face's own crop."""
+        out = self.vae.decode(zs.to(self.vae.device)).float().clamp(0, 1).cpu()
+        if residual:
+            out = (_crop_tensor(face.aligned.crop) + out - face.recon).clamp(0, 1)
+        return out
+
+
+def _check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend {blend!r}: use one of {', '.join(BLENDS)}")
+
+
+def _as_photo(photo: Any) -> Photo:
+    if isinstance(photo, Photo):
+        return photo
+    if isinstance(photo, Image.Image):
+        from conceptvae.images import to_rgb
+
+        return Photo(to_rgb(photo), Path("<image>"), "PNG", None, None)
+    return read_image(photo)
+
+
+def _crop_tensor(crop: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 -> (3, S, S) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float() / 255.0
+
+
+def _seamless(pixels: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Gradient-domain blend of ``warped`` into ``pixels`` inside ``mask`` (cv2.seamlessClone);
+    returns float32 (H, W, 3). Falls back to ``warped`` when the mask touches the border,
+    which seamlessClone cannot handle."""
+    binary = (mask > 0.5).astype(np.uint8) * 255
+    ys, xs = np.nonzero(binary)
+    h, w = binary.shape
+    if ys.size == 0 or ys.min() == 0 or xs.min() == 0 or ys.max() == h - 1 or xs.max() == w - 1:
+        return warped
+    src = np.clip(np.rint(warped), 0, 255).astype(np.uint8)
+    # seamlessClone pastes the mask's bounding box centred at ``center``: the box's centre
+    center = ((int(xs.min()) + int(xs.max()) + 1) // 2, (int(ys.min()) + int(ys.max()) + 1) // 2)
+    bgr = cv2.seamlessClone(
+        src[..., ::-1].copy(), pixels[..., ::-1].copy(), binary, center, cv2.NORMAL_CLONE
+    )
+    return bgr[..., ::-1].astype(np.float32)
