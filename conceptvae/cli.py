@@ -669,6 +669,16 @@ def edit(
         reasons = "; ".join(f"{a}: {r}" for a, r in problems) or "no input"
         raise DataError(f"no photo to edit ({reasons})")
     out = _out_folder(output)
+    suffix = "" if values is None else "_sweep"
+    targets: dict[Any, str] = {}
+    for path in paths:  # two inputs must not write one output
+        target = output_path(path, out, suffix)
+        if target in targets:
+            raise DataError(
+                f"{targets[target]} and {path} would both be written to {target}: edit them "
+                "with different -o folders"
+            )
+        targets[target] = str(path)
     pipe = _pipeline(run, device)
     pipe.direction(expr)  # an unknown attribute or a bad expression fails before any photo
     done, failed = 0, [(a, r) for a, r in problems]

@@ -82,7 +82,8 @@ class Photo:
         exif: the raw EXIF block (b"Exif\\0\\0..." for JPEG) with the orientation tag set to 1,
             since the pixels are now upright; None when the file has none (or is a TIFF, whose
             tags describe its own layout).
-        icc_profile: the embedded ICC colour profile, or None.
+        icc_profile: the embedded ICC colour profile, or None (also when the profile is for
+            another colour space, such as a CMYK JPEG's: it does not describe the RGB pixels).
     """
 
     image: Image.Image
@@ -195,7 +196,7 @@ def read_image(path: str | os.PathLike) -> Photo:
                 "re-export or download it again"
             ) from None
         exif, exif_ok = _exif_bytes(im)
-        icc = im.info.get("icc_profile") or None
+        icc = _rgb_profile(im.info.get("icc_profile"))
         try:
             # A damaged EXIF block must not cost the photo: keep the stored orientation then.
             upright = ImageOps.exif_transpose(im) if exif_ok else im
@@ -323,6 +324,18 @@ def _looks_like_text(prefix: bytes) -> bool:
         except UnicodeDecodeError:
             return False
     return all(c.isprintable() or c in "\t\r\n\f" for c in text.lstrip("\ufeff"))
+
+
+def _rgb_profile(icc: bytes | None) -> bytes | None:
+    """``icc`` unless its header declares a colour space other than RGB: a CMYK or grey
+    profile describes the file's own pixels, not the RGB ones we make of them, and written
+    onto RGB output it would make colour-managed viewers show wrong colours (or refuse)."""
+    if not icc:
+        return None
+    icc = bytes(icc)
+    if len(icc) >= 20 and icc[16:20] != b"RGB ":  # bytes 16-19: the data colour space
+        return None
+    return icc
 
 
 def _exif_bytes(im: Image.Image) -> tuple[bytes | None, bool]:
