@@ -272,10 +272,10 @@ def _attr_names(data: str) -> list[str]:
 @click.option("--free-bits", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="KL floor per latent dimension, in nats (0: off).")  # fmt: skip
 @click.option("--kl-warmup-steps", type=click.IntRange(min=0), default=2000, show_default=True)
-@click.option("--region-weight", type=float, default=0.0, show_default=True,
+@click.option("--region-weight", type=float, default=2.0, show_default=True,
               help="Extra loss weight on eyes and mouth (0: off).")  # fmt: skip
-@click.option("--attr-weight", type=float, default=0.0, show_default=True,
-              help="Weight of an attribute head on mu (0: no head).")  # fmt: skip
+@click.option("--attr-weight", type=float, default=1.0, show_default=True,
+              help="Weight of an attribute head on mu, labelled data (0: no head).")  # fmt: skip
 @click.option("--max-minutes", type=float, default=None, help="Stop (saving) after this long.")
 @click.option("--max-steps", type=click.IntRange(min=0), default=None, help="Stop after this step.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

@@ -34,7 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from conceptvae.data import ALIGNED_SIZE, ALIGNED_TEMPLATE
+from conceptvae.data import ALIGNED_SIZE, Frame
+from conceptvae.data import TEMPLATE_POINTS as _TEMPLATE
+from conceptvae.data import apply_affine as _apply
 from conceptvae.errors import DataError
 
 __all__ = [
@@ -55,11 +57,6 @@ __all__ = [
     "warp_to_photo",
     "whole_image_face",
 ]
-
-# CelebA's template, 0-based, as (3, 2): left eye, right eye, mouth centre (aligned 178 x 218).
-_TEMPLATE = (
-    np.array([ALIGNED_TEMPLATE[k] for k in ("lefteye", "righteye", "mouth")], np.float64) - 1.0
-)
 
 
 def _mouth_from_eyes_coefficients() -> tuple[float, float]:
@@ -95,63 +92,8 @@ _EYE_ROI_WIDTH = 160
 # the training frame
 
 
-@dataclass(frozen=True)
-class Frame:
-    """The model's training frame: CelebA's aligned 178 x 218 image, its centred ``crop``
-    square, resized to ``image_size`` (what ``prepare`` stores in the cache).
-
-    ``crop`` is in pixels of the aligned 178 x 218 image; the square starts at
-    ``floor((178 - crop) / 2)``, ``floor((218 - crop) / 2)``, as the cache cuts it.
-    """
-
-    image_size: int = 64
-    crop: float = 148
-
-    def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)):
-            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
-        if not 0 < float(self.crop) <= min(ALIGNED_SIZE):
-            raise ValueError(
-                f"crop must be in (0, {min(ALIGNED_SIZE)}] pixels of the aligned image, "
-                f"got {self.crop!r}"
-            )
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], image_size: int | None = None) -> Frame:
-        """The frame of a prepared cache from its ``meta.json``: ``crop`` (a missing or null
-        crop means the largest centred square, 178) and ``image_size`` (taken from ``meta``
-        when not given)."""
-        crop = meta.get("crop")
-        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or crop <= 0:
-            crop = min(ALIGNED_SIZE)
-        if image_size is None:
-            image_size = int(meta["image_size"])
-        return cls(image_size=int(image_size), crop=float(crop))
-
-    def aligned_matrix(self) -> np.ndarray:
-        """(2, 3) affine from 0-based pixels of the aligned 178 x 218 image to this frame's
-        0-based crop pixels: ``u = (x - left + 0.5) * image_size / crop - 0.5``."""
-        w, h = ALIGNED_SIZE
-        c = float(self.crop)
-        left, top = math.floor((w - c) / 2), math.floor((h - c) / 2)
-        s = self.image_size / c
-        return np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]])
-
-    def points(self) -> np.ndarray:
-        """(3, 2) float64: left eye, right eye and mouth centre of CelebA's template in this
-        frame's 0-based crop pixels (where an aligned face puts them)."""
-        return _apply(self.aligned_matrix(), _TEMPLATE)
-
-
 # ---------------------------------------------------------------------------------------------
 # affine helpers
-
-
-def _apply(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    pts = np.asarray(pts, np.float64)
-    return pts @ M[:, :2].T + M[:, 2]
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ class VAEConfig:
     pixel_weight: float = 1.0
     structure_loss: str = "laplacian"
     structure_weight: float = 0.1
-    region_weight: float = 0.0
+    region_weight: float = 2.0
     region_sigma: float = 0.05
     attr_dim: int = 0
     attr_weight: float = 1.0

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from conceptvae._fs import atomic_write, atomic_write_bytes, atomic_write_text
+from conceptvae.data import Frame
 from conceptvae.data.cache import (
     BatchLoader,
     PreparedCache,
@@ -49,7 +50,6 @@ from conceptvae.data.cache import (
     open_or_prepare,
 )
 from conceptvae.errors import TrainError
-from conceptvae.faces import Frame
 from conceptvae.model import IMAGE_SIZES, ConceptVAE, VAEConfig, region_weight_map
 
 __all__ = [
@@ -656,6 +656,8 @@ def train(
             model_config = saved
         if model_config.crop is None:  # filled in from the data, not a setting
             model_config = dataclasses.replace(model_config, crop=saved.crop)
+        if model_config.attr_dim == 0 and model_config.attr_weight > 0:  # likewise
+            model_config = dataclasses.replace(model_config, attr_dim=saved.attr_dim)
         diff = _config_diff(saved.to_dict(), model_config.to_dict())
         if diff:
             raise TrainError(
@@ -710,6 +712,9 @@ def _train(
     c = _open_data(data, out, mcfg.image_size, cache, cfg.workers, progress, d)
     if mcfg.crop is None:
         mcfg = dataclasses.replace(mcfg, crop=data_crop(c.meta))
+    if mcfg.attr_dim == 0 and mcfg.attr_weight > 0 and c.attr_names:
+        # the attribute head is on by default for labelled data: one output per label
+        mcfg = dataclasses.replace(mcfg, attr_dim=len(c.attr_names))
     train_idx = c.split("train")
     if train_idx.size == 0:
         raise TrainError(

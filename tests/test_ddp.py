@@ -85,3 +85,14 @@ def test_torchrun_runs_the_cli(tmp_path):
     ckpt = torch.load(out / CHECKPOINT_NAME, weights_only=True)
     assert (ckpt["step"], ckpt["world_size"]) == (3, 2)
     ConceptVAE.from_pretrained(out)
+
+
+def test_training_does_not_load_opencv():
+    # OpenCV's thread pool made torchrun workers abort at exit ("terminate called without an
+    # active exception", 2 of 6 runs); training code must not import it.
+    import subprocess
+    import sys
+
+    code = "import sys, conceptvae.cli, conceptvae.train; print('cv2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

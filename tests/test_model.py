@@ -258,7 +258,7 @@ def test_region_weight_map_peaks_at_the_points_and_has_mean_one():
 
 def test_landmark_weight_follows_the_config():
     pts = np.array([[20.0, 24.0], [44.0, 24.0]], dtype=np.float32)
-    assert tiny().landmark_weight(pts) is None  # region_weight 0: no map
+    assert tiny(region_weight=0.0).landmark_weight(pts) is None  # region_weight 0: no map
     w = tiny(region_weight=3.0, region_sigma=0.05).landmark_weight(pts)
     torch.testing.assert_close(w, region_weight_map(64, pts, sigma=3.2, strength=3.0))
 

@@ -93,7 +93,8 @@ def test_a_run_writes_model_checkpoint_metrics_and_grids(cache_dir, tmp_path):
     assert Image.open(out / "samples" / "epoch_001.png").size == (8 * (S + 2) + 2,) * 2
     ckpt = torch.load(out / CHECKPOINT_NAME, weights_only=True)
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (6, 2, 0)
-    assert ckpt["model_config"] == tiny_model().to_dict()
+    # the attribute head is sized from the data (2 labels); crop stays None (not CelebA)
+    assert ckpt["model_config"] == {**tiny_model().to_dict(), "attr_dim": 2}
 
 
 @pytest.mark.parametrize("stop_at", [2, 4])  # mid-epoch and just after an epoch boundary

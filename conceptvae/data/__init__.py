@@ -6,8 +6,10 @@ holds and dispatches to the right reader.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,68 @@ ALIGNED_TEMPLATE: dict[str, tuple[float, float]] = {
     "righteye": (108.237, 112.0),
     "mouth": (89.432, 153.514),
 }
+
+
+# The same three points 0-based (pixel centres at integers), as a (3, 2) float64 array.
+TEMPLATE_POINTS = (
+    np.array([ALIGNED_TEMPLATE[k] for k in ("lefteye", "righteye", "mouth")], np.float64) - 1.0
+)
+
+
+def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(K, 2) points through a (2, 3) affine matrix."""
+    pts = np.asarray(pts, np.float64)
+    return pts @ M[:, :2].T + M[:, 2]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The model's training frame: CelebA's aligned 178 x 218 image, its centred ``crop``
+    square, resized to ``image_size`` (what ``prepare`` stores in the cache).
+
+    ``crop`` is in pixels of the aligned 178 x 218 image; the square starts at
+    ``floor((178 - crop) / 2)``, ``floor((218 - crop) / 2)``, as the cache cuts it.
+    """
+
+    image_size: int = 64
+    crop: float = 148
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)):
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if not 0 < float(self.crop) <= min(ALIGNED_SIZE):
+            raise ValueError(
+                f"crop must be in (0, {min(ALIGNED_SIZE)}] pixels of the aligned image, "
+                f"got {self.crop!r}"
+            )
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], image_size: int | None = None) -> Frame:
+        """The frame of a prepared cache from its ``meta.json``: ``crop`` (a missing or null
+        crop means the largest centred square, 178) and ``image_size`` (taken from ``meta``
+        when not given)."""
+        crop = meta.get("crop")
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or crop <= 0:
+            crop = min(ALIGNED_SIZE)
+        if image_size is None:
+            image_size = int(meta["image_size"])
+        return cls(image_size=int(image_size), crop=float(crop))
+
+    def aligned_matrix(self) -> np.ndarray:
+        """(2, 3) affine from 0-based pixels of the aligned 178 x 218 image to this frame's
+        0-based crop pixels: ``u = (x - left + 0.5) * image_size / crop - 0.5``."""
+        w, h = ALIGNED_SIZE
+        c = float(self.crop)
+        left, top = math.floor((w - c) / 2), math.floor((h - c) / 2)
+        s = self.image_size / c
+        return np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]])
+
+    def points(self) -> np.ndarray:
+        """(3, 2) float64: left eye, right eye and mouth centre of CelebA's template in this
+        frame's 0-based crop pixels (where an aligned face puts them)."""
+        return apply_affine(self.aligned_matrix(), TEMPLATE_POINTS)
 
 
 @dataclass
