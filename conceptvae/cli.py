@@ -507,7 +507,14 @@ def vectors(
     from conceptvae.model import ConceptVAE
     from conceptvae.train import resolve_device
 
-    run_dir = Path(run)
+    from conceptvae.pretrained import is_shipped, resolve
+
+    run_dir = resolve(run)
+    if is_shipped(run) and not show:
+        raise DataError(
+            f"{run} is a model shipped with conceptvae and is read-only: copy the folder "
+            f"{run_dir} and fit vectors in the copy"
+        )
     if show:
         if data or positive or negative:
             raise click.UsageError("--show prints the saved bank: give only RUN")

@@ -103,7 +103,11 @@ class EditPipeline:
     def from_pretrained(
         cls, run: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
     ) -> EditPipeline:
-        """The model in ``run`` and its vectors (``conceptvae vectors``), if it has any."""
+        """The model in ``run`` (a folder, or a shipped model's name such as
+        ``"synthfaces64"``) and its vectors (``conceptvae vectors``), if it has any."""
+        from conceptvae.pretrained import resolve
+
+        run = resolve(run)
         vae = ConceptVAE.from_pretrained(run, device=device)
         bank = VectorBank.load(run) if (Path(run) / "vectors.json").is_file() else None
         return cls(vae, bank, **kwargs)

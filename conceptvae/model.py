@@ -629,8 +629,11 @@ class ConceptVAE(nn.Module):
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> ConceptVAE:
-        """Load a model directory written by :meth:`save_pretrained`; returns it in eval mode."""
-        path = Path(path)
+        """Load a model directory written by :meth:`save_pretrained` (or the name of a shipped
+        model, e.g. ``"synthfaces64"``); returns it in eval mode."""
+        from conceptvae.pretrained import resolve
+
+        path = resolve(path)
         if not path.is_dir():
             raise ModelError(
                 f"model folder {path} does not exist or is not a folder: give the folder that "
