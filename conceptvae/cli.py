@@ -505,9 +505,8 @@ def vectors(
     from conceptvae.data.cache import open_or_prepare
     from conceptvae.data.folder import read_pair
     from conceptvae.model import ConceptVAE
-    from conceptvae.train import resolve_device
-
     from conceptvae.pretrained import is_shipped, resolve
+    from conceptvae.train import resolve_device
 
     run_dir = resolve(run)
     if is_shipped(run) and not show:
