@@ -797,3 +797,94 @@ def grid_command(
                       title=f"{xname} (across) x {yname} (down)")  # fmt: skip
     write_image(grid, output)
     click.echo(f"wrote {output}")
+
+
+@cli.command(name="evaluate")
+@click.argument("run", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Report folder (report.md, report.json, plots).")  # fmt: skip
+@click.option("--attributes", help="Comma-separated attributes (default: all the judge passes).")
+@click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True)
+@click.option("--strengths", default="0.5,1,1.5,2,3", show_default=True)
+@click.option("--n-faces", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Test faces edited per attribute and direction.")  # fmt: skip
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
+              help="A trained judge [default: RUN/judge, trained there if missing].")  # fmt: skip
+@click.option("--judge-minutes", type=float, default=10.0, show_default=True,
+              help="Time limit for training the judge.")  # fmt: skip
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Where a raw dataset is prepared [default: RUN-cache beside RUN].")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace a non-empty report folder.")
+def evaluate_command(
+    run: str, data: str, output: str, attributes: str | None, methods: str, strengths: str,
+    n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None, device: str,
+    force: bool,
+) -> None:  # fmt: skip
+    """Measure how well the concept vectors of RUN edit the test faces of DATA.
+
+    A judge (a small attribute classifier) is trained once on DATA's train split; attributes it
+    recognises at >= 90% balanced accuracy are scored: edit success over strength, leakage into
+    other attributes, SSIM, for each vector method.
+    """
+    from pathlib import Path
+
+    from conceptvae import evaluate as E
+    from conceptvae._fs import check_output_dir
+    from conceptvae.data.cache import open_or_prepare
+    from conceptvae.model import ConceptVAE
+    from conceptvae.pretrained import is_shipped, resolve
+    from conceptvae.train import resolve_device
+
+    check_output_dir(output, force)  # refuse a non-empty folder before any work
+    dev = resolve_device(device)
+    run_dir = resolve(run)
+    vae = ConceptVAE.from_pretrained(run_dir, device=dev)
+    cache_dir = Path(cache) if cache else Path(output).parent / (Path(output).name + "-cache")
+    c = open_or_prepare(data, cache_dir, vae.config.image_size)
+    if judge_dir is not None:
+        judge = E.Judge.load(judge_dir, device=dev)
+    elif is_shipped(run) and (run_dir / E.JUDGE_DIR / E.JUDGE_JSON).is_file():
+        judge = E.Judge.load(run_dir / E.JUDGE_DIR, device=dev)  # the judge shipped with it
+    else:
+        judge = E.load_or_train_judge(run_dir, c, max_minutes=judge_minutes, device=str(dev))
+    latents = None if is_shipped(run) else run_dir
+    try:
+        values = [float(v) for v in strengths.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0.5,1,2, got {strengths!r}") from None
+    result = E.evaluate(
+        vae, c, latents, judge, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        strengths=values, attributes=_names(attributes), n_faces=n_faces,
+    )  # fmt: skip
+    E.write_report(result, output, force=force)
+    for line in _evaluate_summary(result):
+        click.echo(line)
+    click.echo(f"wrote the report to {output} (report.md, report.json and plots)")
+
+
+def _evaluate_summary(result: dict[str, Any]) -> list[str]:
+    """A few lines for the console: reconstruction, and per attribute the best method."""
+    lines = []
+    rec = result.get("reconstruction") or {}
+    if rec:
+        lines.append(
+            f"reconstruction: PSNR {rec.get('psnr', float('nan')):.2f} dB, "
+            f"SSIM {rec.get('ssim', float('nan')):.3f}"
+        )
+    if result.get("status") != "ok":
+        lines.append(str(result.get("message", "no attribute could be judged")))
+        return lines
+    for attr, info in (result.get("edits") or {}).items():
+        parts = []
+        for method, m in (info.get("methods") or {}).items():
+            add = m.get("add") or {}
+            s90, leak = add.get("strength_90"), add.get("leakage_at_90")
+            if s90 is None:
+                parts.append(f"{method} <90%")
+            else:
+                parts.append(f"{method} 90% at {s90:.2f} (leak {100 * (leak or 0):.1f}%)")
+        lines.append(f"{attr}: " + "; ".join(parts))
+    return lines
