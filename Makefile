@@ -13,9 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/conceptvae synth demo/synthfaces --n 2000 --seed 0 --workers 2 --force
-	$(BIN)/conceptvae prepare demo/synthfaces demo/cache64 --image-size 64 --force
-	$(BIN)/conceptvae info demo/cache64
+	$(BIN)/conceptvae demo -o demo --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -86,6 +86,7 @@ def staged_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     parent = path.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result gets the usual mode
     try:
         yield stage
     except BaseException:

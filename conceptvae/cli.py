@@ -888,3 +888,39 @@ def _evaluate_summary(result: dict[str, Any]) -> list[str]:
                 parts.append(f"{method} 90% at {s90:.2f} (leak {100 * (leak or 0):.1f}%)")
         lines.append(f"{attr}: " + "; ".join(parts))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+@cli.command()
+@click.option("-o", "--output", default="demo", show_default=True,
+              type=click.Path(file_okay=False), help="The demo folder.")  # fmt: skip
+@click.option("--from-scratch", is_flag=True,
+              help="Train the model, its vectors and judge first (~20 min on a CPU).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace the folder if it exists and is not empty.")
+@click.option("--model", default="synthfaces64", show_default=True, hidden=True,
+              help="A run folder with vectors and judge/, or a shipped name.")  # fmt: skip
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False), hidden=True,
+              help="The judge for the report [default: MODEL/judge].")  # fmt: skip
+@click.option("--fast", is_flag=True, hidden=True, help="Tiny sizes (for tests).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)  # fmt: skip
+def demo(
+    output: str, from_scratch: bool, force: bool, model: str, judge_dir: str | None, fast: bool,
+    device: str,
+) -> None:  # fmt: skip
+    """Show what conceptvae does: edits, sweeps, interpolations, samples, a photo edited end to
+    end and an evaluation report, made from the shipped model on new SynthFaces (about a minute
+    on a CPU) and written into one folder with a README."""
+    from conceptvae.demo import run_demo
+    from conceptvae.train import resolve_device
+
+    if from_scratch and model != "synthfaces64":
+        raise click.UsageError("--from-scratch trains its own model: leave out --model")
+    command = "conceptvae demo -o " + output + (" --from-scratch" if from_scratch else "")
+    run_demo(
+        output, model=model, judge=judge_dir, from_scratch=from_scratch, fast=fast, force=force,
+        device=resolve_device(device), log=click.echo, command=command,
+    )  # fmt: skip

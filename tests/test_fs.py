@@ -67,3 +67,17 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_staged_dir_gives_the_usual_folder_mode(tmp_path):
+    import os
+
+    from conceptvae._fs import staged_dir
+
+    old = os.umask(0o022)
+    try:
+        with staged_dir(tmp_path / "out") as stage:
+            (stage / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,140 @@
+"""`conceptvae demo` in its fast mode, on a tiny random model with random vectors and a judge
+trained for one epoch: every promised file is written and reads back, the README names them,
+the photo edit keeps the photo's size and every pixel away from the face, and a non-empty
+output folder is refused (untouched) without --force and replaced with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from attributes.bank import VectorBank
+from conceptvae.cli import cli
+from conceptvae.data import open_dataset
+from conceptvae.data.cache import prepare
+from conceptvae.data.synth import write_synthfaces
+from conceptvae.demo import FAST, FILES, run_demo
+from conceptvae.evaluate import JUDGE_DIR, train_judge
+from conceptvae.model import ConceptVAE, VAEConfig
+
+torch.set_num_threads(1)
+
+# a random-init model reconstructs nothing well: the pipeline's warning says so every time
+pytestmark = pytest.mark.filterwarnings("ignore:.*far from the training data:UserWarning")
+
+PICTURES = [name for name in FILES if name.endswith((".png", ".gif"))]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random-init model, random Smiling/Male/Eyeglasses vectors, a one-epoch judge."""
+    root = tmp_path_factory.mktemp("demo")
+    run = root / "run"
+    torch.manual_seed(0)
+    vae = ConceptVAE(VAEConfig(image_size=64, latent_dim=8, patch_size=16, channels=(8,)))
+    vae.save_pretrained(run)
+    g = torch.Generator().manual_seed(1)
+    vectors = {n: 2 * torch.randn(8, generator=g) for n in ("Smiling", "Male", "Eyeglasses")}
+    VectorBank(vectors, metadata={"model_hash": vae.model_hash()}).save(run)
+    write_synthfaces(root / "faces", n=40, seed=5, workers=1, progress=False)
+    cache = prepare(open_dataset(root / "faces"), root / "cache", image_size=64, workers=1,
+                    progress=False)  # fmt: skip
+    train_judge(cache, run / JUDGE_DIR, epochs=1, batch_size=16, widths=(8, 16, 16, 16),
+                progress=False)  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo(model_dir):
+    """The demo made once through the command line."""
+    out = model_dir.parent / "out"
+    result = CliRunner().invoke(cli, ["demo", "-o", str(out), "--model", str(model_dir), "--fast"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_demo_writes_every_file_and_they_read_back(demo):
+    out, output = demo
+    for name in PICTURES:
+        with Image.open(out / name) as im:
+            im.load()
+            assert im.width >= 64 and im.height >= 64, name
+            if name.endswith(".gif"):
+                assert im.n_frames == 2 * FAST.gif_frames - 2  # played back and forth
+    with Image.open(out / "smile_edit.png") as im:  # two rows of crops at the grid's cell size
+        assert im.height >= 2 * 128
+    report = out / "report"
+    assert (report / "report.md").is_file() and (report / "report.json").is_file()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".out")]  # no stage
+    assert "wrote the demo to" in output and output.count("\n") >= 8  # a line per step
+
+
+def test_readme_names_every_file(demo):
+    out, _ = demo
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    for name in FILES:
+        assert f"`{name}`" in readme
+        assert (out / name).exists(), name
+    assert "conceptvae demo" in readme and " s." in readme  # the command and the time
+
+
+def test_photo_edit_keeps_the_size_and_every_pixel_away_from_the_face(demo):
+    out, _ = demo
+    with Image.open(out / "photo_before.png") as a, Image.open(out / "photo_edit.png") as b:
+        assert a.size == b.size == (800, 600)
+        before, after = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+    # the face sits around (448, 300); the corners (120 x 160 px) are well away from it
+    for top, left in [(0, 0), (0, 640), (480, 0), (480, 640)]:
+        corner = np.s_[top : top + 120, left : left + 160]
+        np.testing.assert_array_equal(before[corner], after[corner])
+    assert (before != after).any()  # and the face did change
+
+
+def test_a_non_empty_folder_is_refused_untouched_and_replaced_with_force(model_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    args = ["demo", "-o", str(out), "--model", str(model_dir), "--fast"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "not empty" in lines[0] and "--force" in lines[0], result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no staging folder left
+
+    summary = run_demo(out, model=model_dir, fast=True, force=True, log=None)
+    assert not (out / "notes.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.rstrip("/") for n in FILES)
+    assert summary["strength"] > 0 and summary["seconds"] > 0
+
+
+def test_a_model_without_a_judge_fails_before_any_work(model_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "vectors.json", "vectors.safetensors"):
+        (bare / name).write_bytes((model_dir / name).read_bytes())
+    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "o"), "--model", str(bare)])
+    assert result.exit_code != 0 and "no judge" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_from_scratch_trains_a_model_vectors_and_judge_and_keeps_them(tmp_path):
+    """The --from-scratch path at tiny sizes (a 1-epoch model on 80 faces): it runs end to end
+    and the trained run in model/ is usable as a RUN folder."""
+    out = tmp_path / "scratch"
+    result = CliRunner().invoke(cli, ["demo", "-o", str(out), "--from-scratch", "--fast"])
+    assert result.exit_code == 0, result.output
+    assert "trained a model" in result.output and "trained the judge" in result.output
+    for name in FILES:
+        assert (out / name).exists(), name
+    model = out / "model"
+    assert (model / JUDGE_DIR / "judge.json").is_file()
+    assert not (model / "checkpoint.pt").exists()
+    vae = ConceptVAE.from_pretrained(model)
+    bank = VectorBank.load(model, model_hash=vae.model_hash())
+    assert "Smiling" in bank and "Male" in bank
+    assert "`model/`" in (out / "README.md").read_text(encoding="utf-8")
