@@ -502,7 +502,7 @@ def vectors(
     from pathlib import Path
 
     from conceptvae import vectors as V
-    from conceptvae.data.cache import open_or_prepare
+    from conceptvae.data.cache import frame_crop, is_cache, open_or_prepare
     from conceptvae.data.folder import read_pair
     from conceptvae.model import ConceptVAE
     from conceptvae.pretrained import is_shipped, resolve
@@ -544,15 +544,21 @@ def vectors(
     if pair:
         import tempfile
 
+        crop = frame_crop(source, vae.config.crop)
         with tempfile.TemporaryDirectory(prefix="conceptvae-pair-") as tmp:
-            c = open_or_prepare(source, Path(tmp) / "cache", size, workers=workers)
+            c = open_or_prepare(source, Path(tmp) / "cache", size, crop=crop, workers=workers)
             new, report = V.fit_vectors(
                 vae, c, None, method=method, condition=_names(condition),
                 label_source=label_source, batch_size=batch_size,
             )  # fmt: skip
     else:
         cache_dir = Path(cache) if cache else run_dir.parent / (run_dir.name + "-cache")
-        c = open_or_prepare(source, cache_dir, size, labels=labels, workers=workers)
+        crop = None
+        if not is_cache(source):
+            from conceptvae.data import open_dataset
+
+            crop = frame_crop(open_dataset(source, labels=labels), vae.config.crop)
+        c = open_or_prepare(source, cache_dir, size, labels=labels, crop=crop, workers=workers)
         new, report = V.fit_vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,

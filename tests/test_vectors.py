@@ -221,3 +221,23 @@ def test_attributes_package_imports_neither_conceptvae_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_folder_of_aligned_faces_is_cut_in_the_models_frame(tmp_path):
+    # 178 x 218 images (CelebA's aligned shape) in a labels folder: prepared with the model's
+    # crop (148 here), not the folder default (the largest square, 178)
+    src = tmp_path / "faces"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["filename,Bright"]
+    for i in range(12):
+        arr = rng.integers(0, 60, (218, 178, 3), dtype=np.uint8) + np.uint8(150 * (i % 2))
+        Image.fromarray(arr).save(src / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 2}")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    cfg = VAEConfig(image_size=S, latent_dim=8, patch_size=16, channels=(8,), crop=148)
+    ConceptVAE(cfg).save_pretrained(tmp_path / "run")
+    r = run("vectors", tmp_path / "run", src, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run-cache" / "meta.json").read_text())["crop"] == 148

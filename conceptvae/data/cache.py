@@ -762,12 +762,13 @@ def open_or_prepare(
     image_size: int,
     *,
     labels: str | os.PathLike | None = None,
+    crop: int | None = None,
     workers: int = 0,
     progress: bool = True,
 ) -> PreparedCache:
     """``data`` as a prepared cache: itself when it is one, else the dataset found there (or
-    given as :class:`LabelledImages`) prepared once into ``cache_dir`` at ``image_size``; an
-    existing cache in ``cache_dir`` is reused.
+    given as :class:`LabelledImages`) prepared once into ``cache_dir`` at ``image_size`` (and
+    ``crop``, see :func:`prepare`); an existing cache in ``cache_dir`` is reused.
 
     The caller checks the image size of what comes back: a cache given directly or found in
     ``cache_dir`` keeps its own size.
@@ -784,7 +785,24 @@ def open_or_prepare(
     source = data if isinstance(data, LabelledImages) else open_dataset(data, labels=labels)
     if is_cache(cache_dir):
         return open_cache(cache_dir)
-    return prepare(source, cache_dir, image_size=image_size, workers=workers, progress=progress)
+    return prepare(
+        source, cache_dir, image_size=image_size, crop=crop, workers=workers, progress=progress
+    )
+
+
+def frame_crop(source: LabelledImages, crop: float | None) -> int | None:
+    """The crop that puts ``source`` in a model's frame: ``crop`` (the model's, in CelebA's
+    aligned 178 x 218 frame) when the source's first image has that shape, else None (the
+    reader's default). Folders of aligned CelebA-style faces are then cut like the training
+    images, so vectors from a user's own labels see faces framed as the model does."""
+    if crop is None or not len(source):
+        return None
+    try:
+        with Image.open(source.image_path(0)) as im:
+            size = im.size
+    except OSError:
+        return None
+    return round(crop) if size == (178, 218) else None
 
 
 class PreparedCache:
