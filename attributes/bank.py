@@ -650,6 +650,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary sibling of ``path``, fsync, then rename it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a saved bank gets the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -10,7 +10,7 @@ at about 490 GFLOP/s of direct-count work against 220-230 GFLOP/s for a large sg
 because oneDNN's algorithms do fewer multiplications than the direct count), and the valid-split
 PSNR (posterior-mean reconstructions) reached at the end of the budget.
 
-    python benchmarks/train.py [--cache DIR] [--minutes 3] [--n 6000] [--quick]
+    python benchmarks/train.py [--cache DIR] [--minutes 8] [--n 6000] [--quick]
 
 Without ``--cache`` it renders ``--n`` SynthFaces and prepares them at 64 px in a temporary
 folder. Prints a table and writes benchmarks/results/train.json.
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", help="a prepared 64 px cache (default: render SynthFaces)")
     ap.add_argument("--n", type=int, default=6000, help="SynthFaces to render without --cache")
-    ap.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget per model")
+    ap.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget per model")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1,000 images, 20 s each")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results/train.json"))
     args = ap.parse_args(argv)
