@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from conceptvae._fs import atomic_write
 from conceptvae.errors import DataError, OutputError
-from conceptvae.images import tensor_to_pil, to_rgb
+from conceptvae.images import check_output_file, tensor_to_pil, to_rgb
 
 SLERP_MIN_ANGLE = 1e-4  # radians; below it (or this close to pi) slerp falls back to lerp
 MAX_SWEEP = 64  # most values one sweep may ask for
@@ -514,13 +514,7 @@ def save_gif(
     path = Path(path)
     if path.suffix.lower() != ".gif":
         raise OutputError(f"cannot write {path} as a GIF: give it a .gif name")
-    folder = path.parent
-    if not folder.is_dir():
-        if folder.exists():
-            raise OutputError(f"{folder} is not a folder: choose another output path")
-        raise OutputError(f"folder {folder} does not exist: create it or choose another path")
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder: choose another output name")
+    check_output_file(path)
 
     rgb = [to_rgb(f) for f in frames]
     if pingpong:

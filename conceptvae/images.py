@@ -48,7 +48,7 @@ _ORIENTATION = 0x0112
 _READ_NAMES = "JPEG, PNG, WebP, BMP, TIFF and GIF"
 # What a damaged file raises while its pixels are decoded ("image file is truncated" is an
 # OSError; zlib.error comes from damaged PNG data).
-_DAMAGED = (
+DAMAGED = (
     OSError,
     SyntaxError,
     ValueError,
@@ -189,7 +189,7 @@ def read_image(path: str | os.PathLike) -> Photo:
         try:
             im.seek(0)  # the first frame of an animation
             im.load()
-        except _DAMAGED as e:
+        except DAMAGED as e:
             detail = str(e).replace(str(path), "").strip(" :'\"") or type(e).__name__
             raise DataError(
                 f"{path} is a truncated or damaged {fmt} image ({detail}): "
@@ -366,6 +366,20 @@ def _exif_bytes(im: Image.Image) -> tuple[bytes | None, bool]:
 # Writing
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a file to write: its folder must exist and it must not be a folder itself
+    (:class:`OutputError` saying which)."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        if folder.exists():
+            raise OutputError(f"{folder} is not a folder: choose another -o")
+        raise OutputError(f"folder {folder} does not exist: create it or choose another -o")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: choose another output name")
+    return path
+
+
 def write_image(
     image: Image.Image,
     path: str | os.PathLike,
@@ -391,13 +405,7 @@ def write_image(
         allowed = " ".join(WRITE_FORMATS)
         what = f"extension {path.suffix!r}" if path.suffix else "no extension"
         raise OutputError(f"cannot write {path}: {what}; use one of {allowed}")
-    folder = path.parent
-    if not folder.is_dir():
-        if folder.exists():
-            raise OutputError(f"{folder} is not a folder: choose another -o")
-        raise OutputError(f"folder {folder} does not exist: create it or choose another -o")
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder: choose another output name")
+    check_output_file(path)
     rgb = to_rgb(image)
     # Explicit None stops Pillow from copying a profile out of image.info behind our back.
     params: dict[str, object] = {"icc_profile": None}

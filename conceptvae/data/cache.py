@@ -45,7 +45,7 @@ from conceptvae._fs import atomic_write_json, check_output_dir, publish_dir
 from conceptvae._parallel import worker_pool
 from conceptvae.data import LabelledImages
 from conceptvae.errors import DataError, OutputError
-from conceptvae.images import to_rgb, unreadable_reason
+from conceptvae.images import DAMAGED, to_rgb, unreadable_reason
 
 if TYPE_CHECKING:
     import torch
@@ -74,16 +74,8 @@ _ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 # What a damaged or non-image file raises while opening or decoding (UnidentifiedImageError and
-# "image file is truncated" are OSErrors).
-_UNREADABLE = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    IndexError,
-    Image.DecompressionBombError,
-)
+# "image file is truncated" are OSErrors): the same as for a photo being edited.
+_UNREADABLE = DAMAGED
 
 
 # ------------------------------------------------------------------------------------------------
