@@ -557,8 +557,10 @@ def vectors(
         if not is_cache(source):
             from conceptvae.data import open_dataset
 
-            crop = frame_crop(open_dataset(source, labels=labels), vae.config.crop)
-        c = open_or_prepare(source, cache_dir, size, labels=labels, crop=crop, workers=workers)
+            source = open_dataset(source, labels=labels)  # read once: for the crop and prepare
+            crop = frame_crop(source, vae.config.crop)
+        given = labels if isinstance(source, str) else None  # applied by open_dataset above
+        c = open_or_prepare(source, cache_dir, size, labels=given, crop=crop, workers=workers)
         new, report = V.fit_vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,

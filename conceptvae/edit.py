@@ -55,6 +55,8 @@ class FaceLatent:
     z: torch.Tensor
     recon: torch.Tensor
     psnr: float
+    mask: np.ndarray | None = None  # (H, W) photo mask, computed on first use
+    mask_feather: float | None = None  # the feather ``mask`` was made with
 
 
 @dataclass
@@ -201,7 +203,10 @@ class EditPipeline:
 
     def _blend(self, pixels: np.ndarray, f: FaceLatent, new: torch.Tensor, blend: str):
         shape = pixels.shape
-        mask = photo_mask(f.aligned, shape, self.feather)  # (H, W), exactly 0 off the face
+        if f.mask is None or f.mask.shape != shape[:2] or self.feather != f.mask_feather:
+            # (H, W), exactly 0 off the face; the same for every strength of a sweep
+            f.mask, f.mask_feather = photo_mask(f.aligned, shape, self.feather), self.feather
+        mask = f.mask
         inside = mask > 0
         if not inside.any():
             return pixels

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from conceptvae._fs import atomic_write
 from conceptvae.errors import DataError, OutputError
-from conceptvae.images import check_output_file, tensor_to_pil, to_rgb
+from conceptvae.images import check_output_file, tensor_to_pil, to_rgb, write_atomically
 
 SLERP_MIN_ANGLE = 1e-4  # radians; below it (or this close to pi) slerp falls back to lerp
 MAX_SWEEP = 64  # most values one sweep may ask for
@@ -526,11 +525,4 @@ def save_gif(
     def write(f) -> None:
         rgb[0].save(f, format="GIF", save_all=True, append_images=rgb[1:], **params)
 
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e}; check that the folder is writable and has "
-            "free space"
-        ) from None
-    return path
+    return write_atomically(path, write)

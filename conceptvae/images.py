@@ -14,7 +14,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -418,8 +418,14 @@ def write_image(
             params["exif"] = like.exif
         if like.icc_profile and fmt in _ICC_FORMATS:
             params["icc_profile"] = like.icc_profile
+    return write_atomically(path, lambda f: rgb.save(f, format=fmt, **params))
+
+
+def write_atomically(path: Path, write: Callable[..., object]) -> Path:
+    """:func:`~conceptvae._fs.atomic_write`, with a failed write (a full disk, no permission)
+    raised as a one-line :class:`OutputError`; returns ``path``."""
     try:
-        atomic_write(path, lambda f: rgb.save(f, format=fmt, **params))
+        atomic_write(path, write)
     except OSError as e:
         raise OutputError(
             f"cannot write {path}: {e.strerror or e}; check that the folder is writable and has "

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from test_edit import make_run
 
 from attributes.bank import VectorBank
 from conceptvae.cli import cli
@@ -18,7 +19,7 @@ from conceptvae.data.cache import prepare
 from conceptvae.data.synth import write_synthfaces
 from conceptvae.demo import FAST, FILES, run_demo
 from conceptvae.evaluate import JUDGE_DIR, train_judge
-from conceptvae.model import ConceptVAE, VAEConfig
+from conceptvae.model import ConceptVAE
 
 torch.set_num_threads(1)
 
@@ -32,13 +33,7 @@ PICTURES = [name for name in FILES if name.endswith((".png", ".gif"))]
 def model_dir(tmp_path_factory):
     """A tiny random-init model, random Smiling/Male/Eyeglasses vectors, a one-epoch judge."""
     root = tmp_path_factory.mktemp("demo")
-    run = root / "run"
-    torch.manual_seed(0)
-    vae = ConceptVAE(VAEConfig(image_size=64, latent_dim=8, patch_size=16, channels=(8,)))
-    vae.save_pretrained(run)
-    g = torch.Generator().manual_seed(1)
-    vectors = {n: 2 * torch.randn(8, generator=g) for n in ("Smiling", "Male", "Eyeglasses")}
-    VectorBank(vectors, metadata={"model_hash": vae.model_hash()}).save(run)
+    run = make_run(root / "run")
     write_synthfaces(root / "faces", n=40, seed=5, workers=1, progress=False)
     cache = prepare(open_dataset(root / "faces"), root / "cache", image_size=64, workers=1,
                     progress=False)  # fmt: skip

@@ -41,10 +41,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*far from the training data:Use
 # fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny random-init model and a bank of three random vectors made for it."""
-    run = tmp_path_factory.mktemp("edit") / "run"
+def make_run(run):
+    """A tiny random-init model in ``run`` and a bank of three random vectors made for it."""
     torch.manual_seed(0)
     vae = ConceptVAE(VAEConfig(image_size=64, latent_dim=8, patch_size=16, channels=(8,)))
     vae.save_pretrained(run)
@@ -52,6 +50,11 @@ def run_dir(tmp_path_factory):
     vectors = {n: 2 * torch.randn(8, generator=g) for n in ("Smiling", "Male", "Eyeglasses")}
     VectorBank(vectors, metadata={"model_hash": vae.model_hash()}).save(run)
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("edit") / "run")
 
 
 @pytest.fixture(scope="module")
