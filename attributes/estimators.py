@@ -7,8 +7,12 @@ Four ways to turn "these latents have the attribute, those do not" into a direct
   "not Male").
 - ``balanced``: the same difference after reweighting both groups so the most correlated other
   attributes (the confounders) have the same distribution in each.
-- ``classifier``: the normal of a cross-validated logistic regression, scaled so that adding it
-  once moves the negatives' mean to the positives' mean along that normal.
+- ``classifier``: a cross-validated logistic regression. By default its activation pattern
+  (Haufe et al. 2014: the latent covariance times the normal, ``Cov(z) w``): the normal points
+  where the classes *separate*, which can be a direction the decoder barely draws, while the
+  pattern points where the attribute *shows* in the latents. ``direction="normal"`` keeps the
+  normal. Either is scaled so that adding it once moves the negatives' mean to the positives'
+  mean along it.
 - ``conditional``: a ``base`` vector with the directions of chosen ``condition`` attributes
   projected out, so that editing the target leaves them alone.
 
@@ -32,6 +36,7 @@ from attributes.errors import UnreliableVectorWarning, VectorError
 
 METHODS = ("mean", "balanced", "classifier", "conditional")
 BASES = ("mean", "balanced", "classifier")
+DIRECTIONS = ("pattern", "normal")  # what the classifier method returns
 DEFAULT_CONFOUNDERS = 3
 MIN_CORRELATION = 0.05  # confounders chosen by count must be at least this correlated (|r|)
 _CHUNK_ELEMENTS = 2_000_000  # a float64 chunk holds at most this many latents (16 MB)
@@ -314,6 +319,32 @@ def _balance_weights(y: np.ndarray, target: int, confs: list[int]) -> tuple[np.n
     return weights, float(covered / y.shape[0])
 
 
+def _covariance_times(z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Cov(z) @ w`` (D,) in float64 over all rows of the raw (N, D) latents, without forming
+    the (D, D) covariance: the covariance of every latent with the score ``z @ w``."""
+    n = z.shape[0]
+    mean = np.zeros(z.shape[1])
+    for rows in _chunks(*z.shape):
+        mean += z[rows].astype(np.float64).sum(axis=0)
+    mean /= n
+    score = np.empty(n)
+    for rows in _chunks(*z.shape):
+        score[rows] = (z[rows].astype(np.float64) - mean) @ w
+    out = np.zeros(z.shape[1])
+    for rows in _chunks(*z.shape):
+        out += (z[rows].astype(np.float64) - mean).T @ score[rows]
+    return out / n
+
+
+def _kish(weights: np.ndarray) -> float:
+    """Kish's effective sample size of the positive entries of ``weights``: (sum w)^2 / sum w^2.
+
+    Equal weights give their count; a few heavy weights give about that few.
+    """
+    w = weights[weights > 0]
+    return float(w.sum() ** 2 / (w * w).sum()) if w.size else 0.0
+
+
 # ----------------------------------------------------------------------------- the estimator
 
 
@@ -327,7 +358,9 @@ class AttributeVectors:
     - ``confounders``: for ``balanced`` (and the condition vectors of ``conditional``), the
       attributes to balance: a list of names, or a number k of the other attributes most
       correlated with the target (only those with |r| >= 0.05; default 3).
-    - ``condition``: for ``conditional``, the attributes whose directions are projected out.
+    - ``condition``: for ``conditional``, the attribute (a name) or attributes (a list) whose
+      directions are projected out; with several, the target loses its component along the span
+      of all their directions at once (least squares), not one after the other.
       Their directions are ``balanced`` vectors whose confounders always include the target, so
       the target does not leak into them. A requested target that is itself a condition keeps
       its ``base`` vector unchanged; asking only for condition attributes is an error.
@@ -335,14 +368,28 @@ class AttributeVectors:
     - ``min_count``: fewer examples than this in a class warns with
       :class:`UnreliableVectorWarning`.
     - ``cv``, ``Cs``, ``max_samples``, ``random_state``: the ``classifier`` method's
-      cross-validation folds, inverse regularisation strengths, row subsample and seed.
+      cross-validation folds, inverse regularisation strengths, row subsample and seed. The
+      logistic regression is fitted on standardised latents; its normal is mapped back to raw
+      latent units (divided by each latent's standard deviation) before anything else.
+    - ``direction``: what the ``classifier`` method returns. ``"pattern"`` (default): the
+      activation pattern ``Cov(z) w`` (Haufe et al. 2014), where the attribute shows in the
+      latents, so edits along it change faces the way the mean difference does. ``"normal"``:
+      the logistic regression's normal ``w``, where the classes separate best; it can point
+      along directions the decoder barely draws (edits then hardly change the face). Either is
+      scaled like the mean difference: its projection on its own unit direction equals the mean
+      difference's, so strength 1 moves the negatives' mean to the positives' mean along it.
 
     Fitted attributes: ``vectors_`` (A', D) float32, ``names_`` (A' names, in the order of
     ``names``), ``counts_`` (A', 2) int64 ``[negatives, positives]`` that made each vector (for
-    ``balanced``, those in cells holding both classes), ``norms_`` (A',) float32,
+    ``balanced``, those in cells holding both classes), ``effective_counts_`` (A', 2) float64
+    ``[negatives, positives]``: how many faces each class of a vector effectively rests on
+    (Kish's ``(sum w)^2 / sum w^2`` under the balancing weights for ``balanced``; the class counts
+    for ``mean``; the rows the classifier was fitted on, after ``max_samples``, for
+    ``classifier``; the ``base`` vector's for ``conditional``), ``norms_`` (A',) float32,
     ``confounders_`` and ``coverage_`` (per balanced target: the attributes balanced, the share of
-    samples in cells holding both classes), ``condition_confounders_`` (``conditional`` only:
-    target -> condition -> the confounders its direction was balanced on).
+    samples in cells holding both classes), ``condition_`` (the condition names as resolved
+    against ``names``, empty unless ``conditional``), ``condition_confounders_``
+    (``conditional`` only: target -> condition -> the confounders its direction was balanced on).
     """
 
     def __init__(
@@ -351,13 +398,14 @@ class AttributeVectors:
         *,
         attributes: Sequence[str] | None = None,
         confounders: Sequence[str] | int | None = None,
-        condition: Sequence[str] = (),
+        condition: str | Sequence[str] = (),
         base: str = "mean",
         min_count: int = 10,
         cv: int = 3,
         Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
         max_samples: int | None = 20000,
         random_state: int = 0,
+        direction: str = "pattern",
     ) -> None:
         self.method = method
         self.attributes = attributes
@@ -369,11 +417,12 @@ class AttributeVectors:
         self.Cs = Cs
         self.max_samples = max_samples
         self.random_state = random_state
+        self.direction = direction
 
     # -- parameters
 
     def _check_params(self) -> None:
-        for param, allowed in (("method", METHODS), ("base", BASES)):
+        for param, allowed in (("method", METHODS), ("base", BASES), ("direction", DIRECTIONS)):
             value = getattr(self, param)
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -389,6 +438,15 @@ class AttributeVectors:
         if self.method == "conditional" and not len(_as_names(self.condition, "condition")):
             raise VectorError(
                 "method='conditional' needs condition=[...]: the attributes to keep unchanged"
+            )
+        uses_classifier = self.method == "classifier" or (
+            self.method == "conditional" and self.base == "classifier"
+        )
+        if self.direction != "pattern" and not uses_classifier:
+            raise VectorError(
+                f"direction={self.direction!r} is only used by the classifier, got "
+                f"method={self.method!r}; pass method='classifier' (or base='classifier' with "
+                "'conditional'), or drop direction"
             )
         for param, low in (("min_count", 1), ("cv", 2)):
             value = getattr(self, param)
@@ -465,7 +523,7 @@ class AttributeVectors:
         self.coverage_: dict[str, float] = {}
         self.condition_confounders_: dict[str, dict[str, list[str]]] = {}
         base = self.base if self.method == "conditional" else self.method
-        vectors, counts = self._fit_base(base, z, y, names, targets, pick)
+        vectors, counts, effective = self._fit_base(base, z, y, names, targets, pick)
 
         if self.method == "conditional":
             free = [k for k, t in enumerate(targets) if t not in conditions]
@@ -479,7 +537,9 @@ class AttributeVectors:
         self.names_ = [names[i] for i in targets]
         self.vectors_ = vectors.astype(np.float32)
         self.counts_ = counts.astype(np.int64)
+        self.effective_counts_ = effective.astype(np.float64)
         self.norms_ = np.linalg.norm(vectors, axis=1).astype(np.float32)
+        self.condition_ = [names[c] for c in conditions]
         return self
 
     def _balanced(
@@ -490,11 +550,13 @@ class AttributeVectors:
         jobs: list[tuple[int, list[int]]],
         what: str,
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """Balanced vectors for (target, confounder indices) pairs: (J, D), (J, 2), coverages."""
+        """Balanced vectors for (target, confounder indices) pairs: (J, D), (J, 2) counts, (J, 2)
+        effective counts (Kish, per class, under the balancing weights) and coverages."""
         if any(len(confs) > 62 for _, confs in jobs):
             raise VectorError("at most 62 confounders per attribute can be balanced; pass fewer")
         vectors = np.empty((len(jobs), z.shape[1]), dtype=np.float64)
         counts = np.zeros((len(jobs), 2), dtype=np.int64)
+        effective = np.zeros((len(jobs), 2), dtype=np.float64)
         coverage = []
         for start in range(0, len(jobs), _JOBS_PER_PASS):  # bounds the (N, J) weight matrix
             batch = jobs[start : start + _JOBS_PER_PASS]
@@ -508,9 +570,10 @@ class AttributeVectors:
                         "pass fewer confounders"
                     )
                 counts[start + j] = [(weights[:, j] < 0).sum(), (weights[:, j] > 0).sum()]
+                effective[start + j] = [_kish(-weights[:, j]), _kish(weights[:, j])]
                 coverage.append(cov)
             vectors[start : start + len(batch)] = _weighted_sums(z, weights)
-        return vectors, counts, coverage
+        return vectors, counts, effective, coverage
 
     def _fit_base(
         self,
@@ -520,20 +583,24 @@ class AttributeVectors:
         names: list[str],
         targets: list[int],
         pick: Callable[[int], list[int]],
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors (A', D), counts (A', 2) and effective counts (A', 2) of ``method``."""
         if method == "balanced":
             jobs = [(t, pick(t)) for t in targets]
-            vectors, counts, coverage = self._balanced(z, y, names, jobs, "attribute")
+            vectors, counts, effective, coverage = self._balanced(z, y, names, jobs, "attribute")
             for (t, confs), cov in zip(jobs, coverage):
                 self.confounders_[names[t]] = [names[c] for c in confs]
                 self.coverage_[names[t]] = cov
-            return vectors, counts
+            return vectors, counts, effective
         vectors, counts = _mean_difference(z, y[:, targets])
+        effective = counts.astype(np.float64)  # equal weights: every face counts once
         if method == "classifier":
             rng = np.random.default_rng(self.random_state)
             for k, t in enumerate(targets):
-                vectors[k] = self._classifier_vector(z, y[:, t], vectors[k], names[t], rng)
-        return vectors, counts
+                vectors[k], effective[k] = self._classifier_vector(
+                    z, y[:, t], vectors[k], names[t], rng
+                )
+        return vectors, counts, effective
 
     def _condition_vectors(
         self,
@@ -559,7 +626,7 @@ class AttributeVectors:
                 plan[t].append(key)
                 self.condition_confounders_[names[t]][names[c]] = [names[i] for i in confs]
         keys = list(jobs)
-        vectors, counts, _ = self._balanced(
+        vectors, counts, _, _ = self._balanced(
             z, y, names, [(c, list(confs)) for c, confs in keys], "condition"
         )
         seen: set[int] = set()
@@ -576,7 +643,9 @@ class AttributeVectors:
         difference: np.ndarray,
         name: str,
         rng: np.random.Generator,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier vector (D,) of one attribute, in raw latent units, scaled like
+        ``difference``; and the ``[negatives, positives]`` the classifier was fitted on."""
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
 
@@ -612,15 +681,23 @@ class AttributeVectors:
         if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
             kwargs.update(l1_ratios=(0.0,), use_legacy_attributes=False)  # sklearn >= 1.8
         model = LogisticRegressionCV(**kwargs).fit(x, ys)
-        w = model.coef_[0] / std  # back to raw latent units: w_std . (z - m) / s = (w_std / s) . z
-        norm = float(np.linalg.norm(w))
-        if norm == 0.0 or not np.isfinite(norm):
+        # Back to raw latent units: w_std . (z - m) / s = (w_std / s) . z + const.
+        w = model.coef_[0] / std
+        if not np.any(w) or not np.all(np.isfinite(w)):
             raise VectorError(
                 f"the classifier for {name!r} found no direction (zero weights); "
                 "use method='mean' or 'balanced'"
             )
-        normal = w / norm
-        return normal * float(difference @ normal)
+        direction = w if self.direction == "normal" else _covariance_times(z, w)
+        norm = float(np.linalg.norm(direction))
+        if norm == 0.0 or not np.isfinite(norm):
+            raise VectorError(
+                f"the classifier pattern for {name!r} is zero (the latents do not vary along "
+                "its normal); use direction='normal' or method='mean'"
+            )
+        unit = direction / norm
+        fitted_on = np.array([(ys == 0).sum(), (ys == 1).sum()], dtype=np.float64)
+        return unit * float(difference @ unit), fitted_on
 
     # -- using the result
 

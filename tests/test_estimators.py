@@ -84,20 +84,88 @@ def test_conditional_only_on_itself_raises():
         est.fit(z, labels, names)
 
 
-def test_classifier_finds_separating_direction_and_scale():
+@pytest.mark.parametrize("direction", ["pattern", "normal"])
+def test_classifier_finds_separating_direction_of_isotropic_latents(direction):
     rng = np.random.default_rng(1)
     d = 16
-    direction = rng.standard_normal(d)
-    direction /= np.linalg.norm(direction)
+    truth = rng.standard_normal(d)
+    truth /= np.linalg.norm(truth)
     z = rng.standard_normal((3000, d))
-    z = z[np.abs(z @ direction) > 0.5]  # a margin: the classes are separable
-    labels = (z @ direction > 0).astype(np.uint8)
-    est = AttributeVectors("classifier", Cs=(0.01, 0.1, 1.0)).fit(z, labels, ["X"])
+    z = z[np.abs(z @ truth) > 0.5]  # a margin: the classes are separable
+    labels = (z @ truth > 0).astype(np.uint8)
+    est = AttributeVectors("classifier", Cs=(0.01, 0.1, 1.0), direction=direction)
+    v = est.fit(z, labels, ["X"]).vector("X").astype(np.float64)
+    assert _cos(v, truth) > 0.95  # isotropic latents: pattern and normal agree
+
+
+def _anisotropic(n=20000, seed=1):
+    """Latents z = 3 + y * a + noise, noise Gaussian with standard deviations from 0.05 to 60 and
+    correlations up to 0.84, the same in both classes. Then the generative direction (where the
+    attribute shows) is ``a``, and the discriminative one (the Bayes logistic normal) is
+    ``w = Cov(noise)^-1 a``, nearly orthogonal to it. Returns z, y, a, w."""
+    rng = np.random.default_rng(seed)
+    scales = np.array([0.05, 0.3, 1.0, 4.0, 15.0, 60.0])
+    b = rng.standard_normal((6, 6))
+    corr = b @ b.T + 0.3 * np.eye(6)
+    corr /= np.sqrt(np.outer(np.diag(corr), np.diag(corr)))
+    cov = corr * np.outer(scales, scales)
+    a = scales * rng.standard_normal(6)
+    a *= 2.5 / np.sqrt(a @ np.linalg.solve(cov, a))  # Mahalanobis distance 2.5: overlapping
+    y = (rng.random(n) < 0.5).astype(np.uint8)
+    z = 3.0 + y[:, None] * a + rng.multivariate_normal(np.zeros(6), cov, size=n)
+    return z.astype(np.float32), y, a, np.linalg.solve(cov, a)
+
+
+def test_anisotropic_planted_data_tell_pattern_and_normal_apart():
+    z, _, a, w = _anisotropic()
+    s = z.std(axis=0)
+    assert s.max() / s.min() > 500
+    assert abs(_cos(a, w)) < 0.1
+    # the results a missing back-transform would give are far from the truths
+    assert _cos(w * s, w) < 0.7 and _cos(a / s, a) < 0.75
+    cov = np.cov(z.astype(np.float64), rowvar=False)
+    assert _cos(cov @ (w * s), a) < 0.95  # the pattern of a normal left in standardised units
+
+
+def test_classifier_normal_is_the_discriminative_direction_in_raw_units():
+    z, y, a, w = _anisotropic()
+    est = AttributeVectors("classifier", direction="normal").fit(z, y, ["X"])
     v = est.vector("X").astype(np.float64)
-    assert _cos(v, direction) > 0.95
-    n = v / np.linalg.norm(v)
-    gap = z[labels == 1].mean(axis=0) - z[labels == 0].mean(axis=0)
-    assert np.dot(v, n) == pytest.approx(np.dot(gap, n), rel=1e-5)
+    assert _cos(v, w) > 0.999
+    assert abs(_cos(v, a)) < 0.1  # the normal is not where the attribute shows
+    # Without dividing by the standard deviations, the fit would have returned v * s.
+    assert _cos(v * z.std(axis=0), w) < 0.7
+
+
+def test_classifier_pattern_is_the_generative_direction_in_raw_units():
+    z, y, a, w = _anisotropic()
+    v = AttributeVectors("classifier").fit(z, y, ["X"]).vector("X").astype(np.float64)
+    assert _cos(v, a) > 0.99
+    assert abs(_cos(v, w)) < 0.1
+    # Cov computed on standardised latents, not mapped back, gives pattern / s.
+    assert _cos(v / z.std(axis=0), a) < 0.75
+    # and it is exactly Cov(z) times the normal of the same fit
+    normal = AttributeVectors("classifier", direction="normal").fit(z, y, ["X"]).vector("X")
+    cov = np.cov(z.astype(np.float64), rowvar=False)
+    assert _cos(v, cov @ normal.astype(np.float64)) > 1 - 1e-9
+    # which is not Cov(z) times a normal left in standardised units
+    assert _cos(v, cov @ (normal * z.std(axis=0))) < 0.95
+
+
+@pytest.mark.parametrize("direction", ["pattern", "normal"])
+def test_classifier_scale_moves_negative_mean_to_positive_mean(direction):
+    z, y, _, _ = _anisotropic(n=5000, seed=2)
+    v = AttributeVectors("classifier", direction=direction).fit(z, y, ["X"]).vector("X")
+    v = v.astype(np.float64)
+    unit = v / np.linalg.norm(v)
+    z64 = z.astype(np.float64)
+    pos, neg = z64[y == 1].mean(axis=0), z64[y == 0].mean(axis=0)
+    assert (neg + v) @ unit == pytest.approx(pos @ unit, rel=1e-6, abs=1e-6 * np.abs(pos).max())
+    assert np.linalg.norm(v) == pytest.approx((pos - neg) @ unit, rel=1e-6)
+    assert (pos - neg) @ unit > 0  # points from the negatives to the positives
+    # the scale is not trivially 1 or the mean difference's length
+    assert abs(np.linalg.norm(v) - 1.0) > 0.05
+    assert np.linalg.norm(v) < 0.99 * np.linalg.norm(pos - neg) or direction == "pattern"
 
 
 def test_classifier_subsamples_rows():
@@ -105,7 +173,80 @@ def test_classifier_subsamples_rows():
     est = AttributeVectors("classifier", attributes=["C"], Cs=(0.1,), max_samples=500)
     v = est.fit(z, labels, names).vector("C")
     assert est.counts_.sum() == 4000  # the scale uses every row, the normal only a subsample
+    assert est.effective_counts_.sum() == 500  # what the classifier rests on
+    assert (est.effective_counts_ <= est.counts_).all()
     assert np.isfinite(v).all() and v.shape == (16,)
+
+
+def test_mean_effective_counts_are_the_class_counts():
+    z, labels, names, _, _ = _planted(n=2000, d=8)
+    est = AttributeVectors("mean").fit(z, labels, names)
+    assert est.effective_counts_.shape == (3, 2) and est.effective_counts_.dtype == np.float64
+    np.testing.assert_array_equal(est.effective_counts_, est.counts_)
+    balanced = AttributeVectors("balanced", confounders=0).fit(z, labels, names)
+    np.testing.assert_allclose(balanced.effective_counts_, est.counts_, rtol=1e-12)
+
+
+def _collinear(per_sex=1500, lip_men=5):
+    """Exact counts: of 1500 men 5 wear lipstick, of 1500 women 1200 do (r = -0.8)."""
+    male = np.repeat([1, 0], per_sex)
+    lip = np.zeros(2 * per_sex, np.uint8)
+    lip[:lip_men] = 1
+    lip[per_sex : per_sex + int(0.8 * per_sex)] = 1
+    return np.stack([male, lip], axis=1).astype(np.uint8)
+
+
+def test_balanced_effective_counts_are_kish_sizes_under_the_weights():
+    labels = _collinear()
+    z = np.random.default_rng(7).standard_normal((labels.shape[0], 4))
+    est = AttributeVectors("balanced", confounders=["Male"], attributes=["Lipstick"])
+    est.fit(z, labels, ["Male", "Lipstick"])
+    # Both cells hold half the faces; each class's faces in a cell share half the weight.
+    # Kish: 1 / sum over cells of share^2 / count.
+    positives = 1.0 / (0.25 / 5 + 0.25 / 1200)
+    negatives = 1.0 / (0.25 / 1495 + 0.25 / 300)
+    np.testing.assert_allclose(est.effective_counts_, [[negatives, positives]], rtol=1e-12)
+    assert est.effective_counts_[0, 1] < 20  # 1205 lipstick wearers, effectively 20
+    np.testing.assert_array_equal(est.counts_, [[1795, 1205]])
+
+
+def _two_confounds(n=30000, d=32, seed=0):
+    """T has its own direction and is more likely with M and with Y (independent of each
+    other), which have their own directions; all three orthogonal."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, 3)))
+    m = rng.random(n) < 0.5
+    yg = rng.random(n) < 0.5
+    t = rng.random(n) < 0.1 + 0.4 * m + 0.4 * yg
+    labels = np.stack([t, m, yg], axis=1).astype(np.uint8)
+    z = rng.standard_normal((n, d)) + 1.5 * labels @ q.T
+    return z.astype(np.float32), labels, ["T", "Male", "Young"], q.T
+
+
+def test_conditional_on_two_conditions_removes_both_and_keeps_the_target():
+    z, labels, names, (t_dir, m_dir, y_dir) = _two_confounds()
+    mean = AttributeVectors("mean", attributes=["T"]).fit(z, labels, names).vector("T")
+    assert _cos(mean, m_dir) > 0.3 and _cos(mean, y_dir) > 0.3  # the mean drags both along
+    est = AttributeVectors("conditional", condition=["Male", "Young"])
+    v = est.fit(z, labels, names).vector("T")
+    assert est.names_ == ["T"] and est.condition_ == ["Male", "Young"]
+    assert abs(_cos(v, m_dir)) < 0.03 and abs(_cos(v, y_dir)) < 0.03
+    assert _cos(v, t_dir) > 0.99
+    # with one condition, the other's direction stays
+    only_male = AttributeVectors("conditional", condition="Male").fit(z, labels, names)
+    assert _cos(only_male.vector("T"), y_dir) > 0.3
+
+
+def test_condition_as_one_name_or_a_list():
+    z, labels, names, _, _ = _planted(n=2000, d=8)
+    one = AttributeVectors("conditional", condition="b").fit(z, labels, names)
+    listed = AttributeVectors("conditional", condition=["B"]).fit(z, labels, names)
+    assert one.condition_ == listed.condition_ == ["B"]
+    assert one.names_ == listed.names_ == ["A", "C"]
+    np.testing.assert_array_equal(one.vectors_, listed.vectors_)
+    two = AttributeVectors("conditional", condition=["B", "C"]).fit(z, labels, names)
+    assert two.names_ == ["A"] and two.condition_ == ["B", "C"]
+    assert not np.allclose(two.vector("A"), one.vector("A"))
 
 
 def test_mean_equals_loop_over_attributes():
@@ -295,6 +436,11 @@ def test_few_examples_warn():
         (dict(condition=["Male"]), r"condition is only used by method='conditional'"),
         (dict(method="balanced", confounders=-1), r"confounders must be None, an integer >= 0"),
         (dict(min_count=0), r"min_count must be an integer >= 1"),
+        (dict(direction="normal"), r"direction='normal' is only used by the classifier"),
+        (
+            dict(method="classifier", direction="normals"),
+            r"unknown direction 'normals'; did you mean 'normal'",
+        ),
         (dict(attributes=["Male", "male"]), r"lists 'Male' 2 times \(as 'Male', 'male'\)"),
     ],
 )

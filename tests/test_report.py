@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attributes import report
 from attributes.bank import VectorBank
 from attributes.errors import VectorError
-from attributes.report import _heatmap_layout, quality_report
+from attributes.estimators import AttributeVectors
+from attributes.report import Report, _heatmap_layout, quality_report
 
 N, D = 3000, 16
 
@@ -141,3 +143,163 @@ def test_heatmap_stays_readable_for_40_attributes(tmp_path):
     assert 40 * 14 < img.size[0] < 40 * 14 + 300 and 40 * 14 < img.size[1] < 40 * 14 + 300
     with pytest.raises(VectorError, match=r"ending in \.png"):
         rep.cosine_heatmap(tmp_path / "cos.jpg")
+
+
+# -- problems ----------------------------------------------------------------------------------
+
+
+def lipstick(seed: int = 0, per_sex: int = 1500, d: int = 64):
+    """CelebA-like labels: Wearing_Lipstick is almost collinear with Male (5 of 1500 men wear
+    it, 1200 of 1500 women), and the latents encode only Male and Smiling: lipstick shows in
+    them only through sex. Returns train and held-out latents and labels, names, directions."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+    male_dir, smile_dir = q.T
+
+    def half():
+        male = np.repeat([1, 0], per_sex)
+        lip = np.zeros(2 * per_sex, np.uint8)
+        lip[:5] = 1
+        lip[per_sex : per_sex + int(0.8 * per_sex)] = 1
+        smile = rng.random(2 * per_sex) < np.where(male == 1, 0.35, 0.65)
+        y = np.stack([male, lip, smile], axis=1).astype(np.uint8)
+        z = rng.standard_normal((2 * per_sex, d)) + 2.0 * y[:, [0, 2]] @ q.T
+        return z.astype(np.float32), y
+
+    (zt, yt), (zv, yv) = half(), half()
+    return zt, yt, zv, yv, ["Male", "Wearing_Lipstick", "Smiling"], male_dir, smile_dir
+
+
+def test_balanced_label_collinear_with_its_confounder_is_flagged():
+    zt, yt, zv, yv, names, _, _ = lipstick()
+    assert np.corrcoef(yt[:, 0], yt[:, 1])[0, 1] < -0.8
+    est = AttributeVectors("balanced", attributes=["Wearing_Lipstick", "Smiling"]).fit(
+        zt, yt, names
+    )
+    assert est.confounders_["Wearing_Lipstick"][0] == "Male"
+    rep = quality_report(est, None, zv, yv, names, train_labels=yt)
+    # 1205 lipstick wearers, but the 5 men carry half the weight: effectively under 20 faces
+    eff = rep.effective_counts["Wearing_Lipstick"]
+    assert eff[1] < 20 and est.counts_[0, 1] > 1000
+    assert rep.flagged == ["Wearing_Lipstick"]
+    reasons = rep.problems["Wearing_Lipstick"]
+    assert any(f"rests on {eff[1]:.0f} positive faces" in r and "label more" in r for r in reasons)
+    assert any("near chance" in r for r in reasons)  # and indeed it does nothing
+    assert 0.4 < rep.auc[0] < report.MIN_AUC
+    assert "Smiling" not in rep.problems  # balanced on Male, it rests on plenty of faces
+    text = rep.to_text()
+    assert "problems: 1 of 2 vectors flagged" in text
+    assert "  Wearing_Lipstick: rests on" in text
+    out = rep.to_dict()
+    assert out["problems"] == {"Wearing_Lipstick": reasons}
+    assert out["effective_counts"]["Wearing_Lipstick"][1] == pytest.approx(eff[1])
+    json.dumps(out, allow_nan=False)
+
+
+def test_clean_vectors_are_not_flagged():
+    zt, yt, zv, yv, names, _, _ = lipstick()
+    est = AttributeVectors("mean").fit(zt, yt, names)  # lipstick follows sex, so the mean works
+    rep = quality_report(est, None, zv, yv, names, train_labels=yt)
+    assert rep.problems == {} and rep.flagged == []
+    assert (rep.auc > 0.8).all()
+    assert rep.effective_counts == {
+        n: [float(c) for c in row] for n, row in zip(names, est.counts_)
+    }
+    assert "problems: 0 of 3 vectors flagged" in rep.to_text()
+    assert rep.to_dict()["problems"] == {}
+
+
+def test_each_problem_is_flagged_with_what_to_do():
+    z, labels, names, d, r = planted()
+    e = np.eye(D)
+    vectors = np.stack([d, -d, 0.01 * d, np.zeros(D), e[0], 2 * d])
+    rep = quality_report(
+        vectors,
+        ["A", "B", "C", "E", "Lonely", "Wide"],
+        z,
+        labels,
+        names,
+        effective_counts={"wide": [500, 12.4]},  # any case
+        coverage={"Lonely": 0.3, "Wide": 0.9},
+    )
+    p = rep.problems
+    assert "A" not in p
+    assert p["B"] == [
+        "held-out AUC 0.10: the vector points away from its label; check that the label is 0/1 "
+        "in the right sense and the vector its own"
+    ]
+    # C is -A (80%): 0.01*d points away from it too, and is tiny next to the median norm 1
+    assert any("norm 0.01 is under 0.1 x the median norm 1" in x for x in p["C"])
+    assert any("zero vector" in x for x in p["E"])
+    assert any("near chance" in x for x in p["E"])  # a zero vector gives every face one score
+    assert p["Lonely"] == [
+        "balanced on 30% of the faces (< 50%; the rest are in confounder cells lacking a "
+        "class): balance on fewer confounders, or use method='conditional'"
+    ]
+    assert p["Wide"] == [
+        "rests on 12 positive faces (effective sample size < 30): label more, or use "
+        "method='mean' or 'conditional'"
+    ]
+    assert rep.flagged == ["B", "C", "E", "Lonely", "Wide"]
+    with pytest.raises(VectorError, match="unknown attribute 'Wid' in effective_counts"):
+        quality_report(vectors, list("ABCEFG"), z, labels, names, effective_counts={"Wid": [1, 1]})
+
+
+def test_thresholds_are_constants_shown_in_text_and_dict(monkeypatch):
+    z, labels, names, d, r = planted()
+    rep = quality_report(np.stack([d]), ["A"], z, labels, names)
+    assert rep.to_dict()["thresholds"] == {
+        "min_auc": report.MIN_AUC,
+        "min_effective": report.MIN_EFFECTIVE,
+        "min_coverage": report.MIN_COVERAGE,
+        "min_norm_ratio": report.MIN_NORM_RATIO,
+    }
+    assert (report.MIN_AUC, report.MIN_EFFECTIVE) == (0.6, 30)
+    assert "AUC < 0.6, a class effectively under 30 faces" in rep.to_text()
+    monkeypatch.setattr(report, "MIN_AUC", 0.999)  # the constants decide
+    rep = quality_report(np.stack([d]), ["A"], z, labels, names)
+    assert rep.flagged == ["A"] and "AUC < 0.999" in rep.to_text()
+
+
+def test_bank_metadata_gives_class_sizes_and_coverage():
+    z, labels, names, d, r = planted()
+    meta = {
+        "counts": {"A": [2000, 20], "E": [1500, 1500]},
+        "effective_counts": {"E": [1400.0, 25.0]},
+        "coverage": {"E": 0.45},
+    }
+    rep = quality_report(VectorBank({"A": d, "E": 2 * d}, metadata=meta), None, z, labels, names)
+    assert rep.effective_counts == {"E": [1400.0, 25.0]}
+    assert rep.coverage == {"E": 0.45}
+    assert rep.problems["A"] == ["rests on 20 positive faces (effective sample size < 30): "
+                                 "label more positive examples"]  # fmt: skip
+    assert [x.split(" ")[0] for x in rep.problems["E"]] == ["held-out", "rests", "balanced"]
+
+
+def test_report_built_directly_flags_auc_and_norm():
+    rep = Report(
+        names=["X", "Y", "Z"],
+        auc=np.array([0.9, 0.55, np.nan]),
+        norms=np.array([1.0, 1.2, 0.05]),
+        cosine=np.eye(3),
+        confounds={},
+    )
+    assert rep.flagged == ["Y", "Z"]
+    assert "near chance" in rep.problems["Y"][0] and "norm 0.05" in rep.problems["Z"][0]
+
+
+def test_report_of_unfitted_estimator_raises():
+    z, labels, names, d, r = planted()
+    with pytest.raises(VectorError, match="not fitted yet; call fit"):
+        quality_report(AttributeVectors(), None, z, labels, names)
+    est = AttributeVectors().fit(z, labels, names)
+    rep = quality_report(est, ["c", "A"], z, labels, names)
+    assert rep.names == ["C", "A"] and rep.counts["A"] == est.counts_[0].tolist()
+
+
+def test_merged_bank_gives_class_sizes_per_vector():
+    z, labels, names, d, r = planted()
+    meta = {"vectors": {"A": {"effective_counts": [900.0, 8.0], "coverage": 0.2}, "E": {}}}
+    rep = quality_report(VectorBank({"A": d, "E": r}, metadata=meta), None, z, labels, names)
+    assert rep.effective_counts == {"A": [900.0, 8.0]} and rep.coverage == {"A": 0.2}
+    assert [x.split(" ")[0] for x in rep.problems["A"]] == ["rests", "balanced"]
