@@ -13,7 +13,14 @@ An expression is a sum of terms. Each term is an attribute name, optionally cond
 
 Expressions are parsed by a small tokenizer and recursive-descent parser; nothing is evaluated.
 A bank on disk is ``vectors.safetensors`` (one float32 tensor per name) and ``vectors.json``
-(names in order, dim, provenance); nothing is ever unpickled.
+(names in order, dim, provenance), plus ``footprints.safetensors`` when the vectors have
+footprints (where on the image each one acts: one (H, W) float32 map per name); nothing is
+ever unpickled.
+
+Strengths: a bank may record, per vector, a ``removal`` scale (``metadata["removal_scale"]``
+{name: float}). A term with a negative coefficient is multiplied by it, so that ``-1`` removes
+an attribute as clearly as ``+1`` adds it when the two need different steps (calibrated banks,
+docs/vectors.md). Without it, removing is the same step backwards.
 """
 
 from __future__ import annotations
@@ -42,6 +49,12 @@ from attributes.estimators import project_out
 
 VECTORS_NAME = "vectors.safetensors"
 INFO_NAME = "vectors.json"
+FOOTPRINTS_NAME = "footprints.safetensors"
+# metadata entries that are {name: ...} dicts, kept in step with the vectors they describe
+_PER_VECTOR_KEYS = (
+    "counts", "norms", "effective_counts", "coverage", "confounders", "removal_scale",
+    "calibration", "vectors",
+)  # fmt: skip
 FORMAT_VERSION = 1
 
 _NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -314,11 +327,17 @@ class VectorBank:
 
     ``vectors`` maps each name to a (D,) array (numpy or torch); all share one D. ``metadata``
     is a JSON-safe dict of provenance (``method``, ``label_source``, ``counts`` {name: [neg,
-    pos]}, ``norms`` {name: float}, ``model_hash``, ...), kept as given.
+    pos]}, ``norms`` {name: float}, ``model_hash``, ``removal_scale`` {name: float}, ...), kept
+    as given. ``footprints`` maps some of the names to (H, W) maps of where on the image the
+    vector acts (non-negative; all of one shape).
     """
 
     def __init__(
-        self, vectors: Mapping[str, Any], *, metadata: dict[str, Any] | None = None
+        self,
+        vectors: Mapping[str, Any],
+        *,
+        metadata: dict[str, Any] | None = None,
+        footprints: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(vectors, Mapping) or len(vectors) == 0:
             raise VectorError(
@@ -355,6 +374,46 @@ class VectorBank:
         self._matrix.setflags(write=False)
         self._metadata = copy.deepcopy(metadata) if metadata else {}
         self._source: Path | None = None  # the folder a loaded bank came from, for messages
+        self._footprints = self._check_footprints(footprints or {})
+        removal = self._metadata.get("removal_scale", {})
+        if not isinstance(removal, dict) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in removal.values()
+        ):
+            raise VectorError(
+                "metadata['removal_scale'] must map names to positive numbers; refit the bank"
+            )
+
+    def _check_footprints(self, footprints: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, fp in footprints.items():
+            key = self._lookup.get(str(name).lower())
+            if key is None:
+                raise VectorError(f"a footprint is given for {name!r}, which has no vector")
+            arr = np.asarray(fp, dtype=np.float32)
+            if arr.ndim != 2 or min(arr.shape) < 1:
+                raise VectorError(
+                    f"the footprint of {name!r} has shape {arr.shape}: it must be an (H, W) map"
+                )
+            if out and arr.shape != next(iter(out.values())).shape:
+                raise VectorError(
+                    f"the footprint of {name!r} is {arr.shape}, unlike the others: one shape each"
+                )
+            if not np.isfinite(arr).all() or (arr < 0).any():
+                raise VectorError(f"the footprint of {name!r} has negative or non-finite values")
+            arr = arr.copy()
+            arr.setflags(write=False)
+            out[key] = arr
+        return out
+
+    @property
+    def footprints(self) -> dict[str, np.ndarray]:
+        """name -> (H, W) float32 map of where decoding the vector changes the image (mean
+        absolute change per pixel over faces); only for vectors that have one. Read-only."""
+        return dict(self._footprints)
+
+    def removal_scale(self, name: str) -> float:
+        """The factor a negative coefficient of ``name`` is multiplied by (1 when unknown)."""
+        return float(self._metadata.get("removal_scale", {}).get(self.canonical(name), 1.0))
 
     @classmethod
     def from_estimator(cls, est: Any, **provenance: Any) -> VectorBank:
@@ -378,8 +437,18 @@ class VectorBank:
         norms = getattr(est, "norms_", None)
         norms = np.linalg.norm(matrix, axis=1) if norms is None else as_array(norms, "norms_", 1)
         meta["norms"] = {n: float(v) for n, v in zip(names, norms)}
+        effective = getattr(est, "effective_counts_", None)
+        if effective is not None:
+            effective = as_array(effective, "the estimator's effective_counts_", 2)
+            meta["effective_counts"] = {
+                n: [float(c) for c in row] for n, row in zip(names, effective)
+            }
         if meta["method"] == "conditional":
-            meta["condition"] = _plain(list(getattr(est, "condition", ())))
+            cond = getattr(est, "condition_", None)
+            if cond is None:
+                cond = getattr(est, "condition", ())
+                cond = [cond] if isinstance(cond, str) else list(cond)
+            meta["condition"] = _plain(list(cond))
             meta["base"] = _plain(getattr(est, "base", None))
         for key in ("confounders_", "coverage_"):  # which labels each vector was balanced on
             value = getattr(est, key, None)
@@ -456,7 +525,8 @@ class VectorBank:
 
     def vector(self, expr: str | Sequence[Term], scale: float = 1.0) -> np.ndarray:
         """(D,) float32: ``scale`` times the sum of each term's coefficient times its vector,
-        with the term's conditions projected out. Repeated names add up."""
+        with the term's conditions projected out. Repeated names add up. A negative
+        coefficient is also multiplied by the name's :meth:`removal_scale`."""
         terms = self.parse(expr) if isinstance(expr, str) else list(expr)
         if not isinstance(scale, (int, float, np.number)) or not math.isfinite(scale):
             raise VectorError(f"scale must be a finite number, got {scale!r}")
@@ -468,7 +538,7 @@ class VectorBank:
             if t.condition:
                 others = np.stack([self[c] for c in t.condition]).astype(np.float64)
                 vec = np.asarray(project_out(vec, others), dtype=np.float64)
-            out += t.coef * vec
+            out += t.coef * vec * (self.removal_scale(t.name) if t.coef < 0 else 1.0)
         return (scale * out).astype(np.float32)
 
     def describe(self, expr: str | Sequence[Term]) -> str:
@@ -489,28 +559,29 @@ class VectorBank:
             names = [names]
         keep = [self.canonical(n) for n in names]
         meta = self.metadata
-        for key in ("counts", "norms"):
+        for key in _PER_VECTOR_KEYS:
             if isinstance(meta.get(key), dict):
                 meta[key] = {n: v for n, v in meta[key].items() if n in keep}
         return self._derived({n: self[n] for n in keep}, meta)
 
     def with_vector(self, name: str, vec: Any) -> VectorBank:
         """A new bank with ``vec`` added as ``name`` (or replacing it, in place in the order).
-        The replaced name's counts and norms are dropped from the metadata: they no longer
-        describe it."""
+        The replaced name's counts, norms, scale, calibration and footprint are dropped: they
+        no longer describe it."""
         vectors = {n: self._matrix[i] for i, n in enumerate(self._names)}
         meta = self.metadata
         if name in self:
             old = self.canonical(name)
             vectors = {(name if n == old else n): v for n, v in vectors.items()}
-            for key in ("counts", "norms"):
+            for key in _PER_VECTOR_KEYS:
                 if isinstance(meta.get(key), dict):
                     meta[key].pop(old, None)
         vectors[name] = vec
         return self._derived(vectors, meta)
 
     def _derived(self, vectors: dict[str, Any], meta: dict[str, Any]) -> VectorBank:
-        bank = VectorBank(vectors, metadata=meta)
+        fps = {n: f for n, f in self._footprints.items() if n in vectors}
+        bank = VectorBank(vectors, metadata=meta, footprints=fps)
         bank._source = self._source
         return bank
 
@@ -545,6 +616,7 @@ class VectorBank:
                     .replace("+00:00", "Z"),
                     "dim": self.dim,
                     "names": self._names,
+                    "footprints": list(self._footprints),
                     "metadata": self._metadata,
                 },
                 indent=2,
@@ -560,6 +632,12 @@ class VectorBank:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: np.ascontiguousarray(self._matrix[i]) for i, n in enumerate(self._names)}
         _atomic_write(directory / VECTORS_NAME, save_safetensors(tensors))
+        if self._footprints:
+            fps = {n: np.ascontiguousarray(f) for n, f in self._footprints.items()}
+            _atomic_write(directory / FOOTPRINTS_NAME, save_safetensors(fps))
+        else:  # a stale file would not be read (vectors.json lists none), but do not leave it
+            with contextlib.suppress(FileNotFoundError):
+                (directory / FOOTPRINTS_NAME).unlink()
         _atomic_write(directory / INFO_NAME, (info + "\n").encode("utf-8"))  # last: complete
         return directory
 
@@ -619,7 +697,26 @@ class VectorBank:
                     f"{tensor_path}: the vector {n!r} is {t.dtype} {t.shape}, expected float32 "
                     f"({dim},): run `conceptvae vectors` again"
                 )
-        bank = cls({n: tensors[n] for n in names}, metadata=meta)
+        fp_names = info.get("footprints") or []
+        footprints: dict[str, np.ndarray] = {}
+        if fp_names:
+            fp_path = directory / FOOTPRINTS_NAME
+            try:
+                footprints = load_safetensors(fp_path.read_bytes())
+            except Exception as e:  # missing, damaged or truncated
+                raise VectorError(
+                    f"{fp_path} is missing or damaged ({e}): run `conceptvae vectors` again"
+                ) from None
+            if not isinstance(fp_names, list) or set(fp_names) - set(footprints):
+                raise VectorError(
+                    f"{fp_path} does not hold the footprints {info_path} lists: run "
+                    "`conceptvae vectors` again"
+                )
+            footprints = {n: footprints[n] for n in fp_names}
+        try:
+            bank = cls({n: tensors[n] for n in names}, metadata=meta, footprints=footprints)
+        except VectorError as e:
+            raise VectorError(f"{info_path}: {e}") from None
         bank._source = directory
         if model_hash is not None:
             bank.check_model(model_hash)
