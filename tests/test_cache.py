@@ -3,6 +3,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 import conceptvae.data.cache as cache_mod
-from conceptvae.data import LabelledImages
+from conceptvae.data import LabelledImages, open_dataset
 from conceptvae.data.cache import BatchLoader, is_cache, open_cache, prepare
 from conceptvae.errors import DataError, OutputError
 
@@ -410,3 +411,180 @@ def test_exif_orientation_is_applied_for_folders_but_not_for_celeba(tmp_path):
         (10, 10), Image.BOX, box=(8, 0, 38, 30)
     )  # stored frame, unrotated
     np.testing.assert_array_equal(raw.images[1], np.asarray(ref).transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# open_or_prepare: a cache is reused only for the data it was made from
+
+
+def _csv_folder(root, n, attrs, seed, labels_csv=None):
+    """n flat-colour PNGs in ``root`` and their labels (seeded) in ``labels_csv`` (default
+    ``root/labels.csv``); returns the labels array written."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, (n, len(attrs))).astype(np.uint8)
+    labels[0], labels[1] = 0, 1  # every attribute has both values
+    rows = [",".join(["filename", *attrs])]
+    for i in range(n):
+        Image.fromarray(np.full((24, 20, 3), _colour(i + seed), np.uint8)).save(root / f"{i}.png")
+        rows.append(",".join([f"{i}.png", *map(str, labels[i])]))
+    (labels_csv or root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return labels
+
+
+@pytest.fixture
+def spy_prepare(monkeypatch):
+    """Count the calls of cache.prepare that open_or_prepare makes."""
+    calls = []
+    real = cache_mod.prepare
+
+    def spy(source, out, *a, **k):
+        calls.append(Path(out))
+        return real(source, out, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "prepare", spy)
+    return calls
+
+
+def _open(data, cache_dir, labels=None, size=16):
+    return cache_mod.open_or_prepare(
+        str(data), cache_dir, size, labels=labels, workers=1, progress=False
+    )
+
+
+def test_a_cache_of_other_data_is_not_reused_but_kept_and_found_again(
+    tmp_path, spy_prepare, capsys
+):
+    # `conceptvae train A --out runs/x` then `conceptvae vectors runs/x B --labels B/mine.csv`:
+    # both use runs/x-cache
+    a_labels = _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
+    b_csv = tmp_path / "B" / "mine.csv"
+    b_labels = _csv_folder(tmp_path / "B", 7, ["Smiling"], seed=50, labels_csv=b_csv)
+    cache_dir = tmp_path / "runs" / "x-cache"
+    a = _open(tmp_path / "A", cache_dir)
+    assert a.path == cache_dir and a.attr_names == ["Bright", "Red"]
+    a_meta = (cache_dir / "meta.json").read_bytes()
+    a_stamp = (cache_dir / "meta.json").stat().st_mtime_ns
+
+    b = _open(tmp_path / "B", cache_dir, labels=b_csv)
+    assert b.attr_names == ["Smiling"] and len(b) == 7
+    order = [int(f.split(".")[0]) for f in b.filenames]
+    np.testing.assert_array_equal(b.labels, b_labels[order])
+    assert b.path.parent == cache_dir.parent and b.path.name.startswith("x-cache-")
+    err = capsys.readouterr().err
+    assert f"{cache_dir} holds a cache of other data" in err
+    assert "source folder" in err and "labels" in err and str(b.path) in err
+    # A's cache is untouched
+    assert (cache_dir / "meta.json").read_bytes() == a_meta
+    assert (cache_dir / "meta.json").stat().st_mtime_ns == a_stamp
+    assert len(spy_prepare) == 2
+
+    # asking again for either finds its own cache without preparing anything
+    again_a = _open(tmp_path / "A", cache_dir)
+    assert again_a.path == cache_dir
+    np.testing.assert_array_equal(again_a.labels, a_labels[[int(f[0]) for f in a.filenames]])
+    assert _open(tmp_path / "B", cache_dir, labels=b_csv).path == b.path
+    assert len(spy_prepare) == 2
+    assert (cache_dir / "meta.json").stat().st_mtime_ns == a_stamp
+    assert sorted(p.name for p in cache_dir.parent.iterdir()) == ["x-cache", b.path.name]
+
+
+def test_the_same_images_with_changed_labels_or_size_are_prepared_beside(tmp_path, spy_prepare):
+    _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
+    cache_dir = tmp_path / "c"
+    first = _open(tmp_path / "A", cache_dir)
+    # one label flipped in labels.csv: a new cache with the new value
+    csv_path = tmp_path / "A" / "labels.csv"
+    lines = csv_path.read_text().splitlines()
+    name, bright, red = lines[3].split(",")
+    lines[3] = ",".join([name, str(1 - int(bright)), red])
+    csv_path.write_text("\n".join(lines) + "\n")
+    relabelled = _open(tmp_path / "A", cache_dir)
+    assert relabelled.path != cache_dir
+    row = relabelled.filenames.index(name)
+    assert relabelled.labels[row, 0] == 1 - int(bright)
+    assert first.labels[first.filenames.index(name), 0] == int(bright)  # the old one is kept
+    # another image size: beside too, with its own name
+    bigger = _open(tmp_path / "A", cache_dir, size=24)
+    assert bigger.image_size == 24 and bigger.path not in (cache_dir, relabelled.path)
+    assert open_cache(cache_dir).image_size == 16
+    assert len(spy_prepare) == 3
+    # each is found again
+    assert _open(tmp_path / "A", cache_dir).path == relabelled.path
+    assert _open(tmp_path / "A", cache_dir, size=24).path == bigger.path
+    assert len(spy_prepare) == 3
+
+
+def test_a_cache_made_before_prepare_params_counts_as_other_data(tmp_path, spy_prepare, capsys):
+    _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
+    cache_dir = tmp_path / "c"
+    _open(tmp_path / "A", cache_dir)
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    for key in ("prepare_params", "made_from"):
+        del meta[key]
+    (cache_dir / "meta.json").write_text(json.dumps(meta))
+    c = _open(tmp_path / "A", cache_dir)
+    assert c.path != cache_dir and len(spy_prepare) == 2
+    assert "file sizes or times, partition or landmarks differ" in capsys.readouterr().err
+    assert json.loads((cache_dir / "meta.json").read_text()) == meta  # kept as it was
+
+
+def test_made_from_records_the_source_and_hashes_of_names_and_labels(tmp_path):
+    labels = _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
+    c = _open(tmp_path / "A", tmp_path / "c")
+    made = c.meta["made_from"]
+    assert made["image_dir"] == str(tmp_path / "A") and made["files"] == 9
+    assert (made["image_size"], made["crop"]) == (16, None)
+    record = open_dataset(tmp_path / "A")
+    np.testing.assert_array_equal(record.labels, labels)
+    arrays = cache_mod._source_arrays(record)
+    params = cache_mod._prepare_params(record, arrays, 16, None)
+    assert params == c.meta["prepare_params"]
+    assert cache_mod._made_from(record, arrays, params) == made
+    arrays["labels"][4, 1] ^= 1  # one label value: another hash
+    assert cache_mod._made_from(record, arrays, params)["labels_sha256"] != made["labels_sha256"]
+
+
+def test_reuse_only_refuses_to_prepare(tmp_path, spy_prepare):
+    _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
+    with pytest.raises(DataError, match=r"no cache of .*A in .*c or .*c-[0-9a-f]{8}: prepare"):
+        cache_mod.open_or_prepare(str(tmp_path / "A"), tmp_path / "c", 16, reuse_only=True)
+    assert spy_prepare == []
+
+
+def test_cli_vectors_after_train_fits_the_users_labels_not_the_training_datas(tmp_path):
+    from click.testing import CliRunner
+
+    from conceptvae.cli import cli
+    from conceptvae.vectors import load_bank
+
+    def folder(root, attr, n, seed, csv_name="labels.csv"):
+        root.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        rows = [f"filename,partition,{attr}"]
+        for i in range(n):
+            arr = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8) + np.uint8(120 * (i % 2))
+            Image.fromarray(arr).save(root / f"{i:03d}.png")
+            rows.append(f"{i:03d}.png,{0 if i < n * 3 // 4 else 1},{i % 2}")
+        (root / csv_name).write_text("\n".join(rows) + "\n")
+
+    folder(tmp_path / "celeba", "Bright", 16, seed=0)
+    folder(tmp_path / "faces", "Smiling", 16, seed=1, csv_name="mine.csv")
+    run_dir = tmp_path / "runs" / "x"
+    tiny = ["--image-size", "64", "--latent-dim", "8", "--patch-size", "16", "--channels", "8"]
+    r = CliRunner().invoke(
+        cli,
+        ["train", str(tmp_path / "celeba"), "--out", str(run_dir), *tiny, "--epochs", "1",
+         "--batch-size", "4", "--device", "cpu", "--no-probe", "--workers", "1"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        cli,
+        ["vectors", str(run_dir), str(tmp_path / "faces"), "--labels",
+         str(tmp_path / "faces" / "mine.csv"), "--device", "cpu", "--workers", "1"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert load_bank(run_dir).names == ["Smiling"]
+    assert open_cache(tmp_path / "runs" / "x-cache").attr_names == ["Bright"]  # kept
+    (beside,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("x-cache-")]
+    assert open_cache(beside).attr_names == ["Smiling"]

@@ -11,12 +11,16 @@ Training reads this, never JPEGs. A cache is a folder::
     landmarks.npy    float32 (N, 5, 2) (x, y), only when the source has landmarks: 0-based pixel
                      centres in the cache images (pixel (0, 0)'s centre is (0.0, 0.0))
     meta.json        written last: source, layout, image size, crop, format version, count,
-                     skipped files with reasons, partition source, created time, versions
+                     skipped files with reasons, partition source, created time, versions;
+                     ``prepare_params`` (what the cache is made from, with a fingerprint of the
+                     source's files and labels) and ``made_from`` (its readable part: source
+                     folder, file count, hashes of the file names and of the labels, size, crop)
 
 :func:`prepare` builds it in a hidden sibling ``.OUT.partial/`` and renames it into place only
 when complete; an interrupted or failed run keeps the finished chunks there and the same call
 resumes from them. :func:`open_cache` refuses anything without a valid ``meta.json`` and
-consistent arrays.
+consistent arrays. :func:`open_or_prepare` reuses a cache only for the data it was made from and
+prepares other data beside it (``CACHE_DIR-XXXXXXXX``), never over it.
 """
 
 from __future__ import annotations
@@ -331,6 +335,52 @@ def _fingerprint(source: LabelledImages, arrays: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _prepare_params(
+    source: LabelledImages, arrays: dict[str, Any], image_size: int, crop: int | None
+) -> dict[str, Any]:
+    """What a prepare of ``source`` at ``image_size`` / ``crop`` is made from (meta.json's
+    ``prepare_params``): equal params mean the same cache. ``crop`` None resolves to 148 for
+    CelebA layouts, as :func:`prepare` does."""
+    if crop is None and source.layout.startswith("celeba"):
+        crop = CELEBA_CROP
+    n = len(source.filenames)
+    return {
+        "format_version": FORMAT_VERSION,
+        "image_size": int(image_size),
+        "crop": None if crop is None else int(crop),
+        "apply_exif": not source.layout.startswith("celeba"),
+        "chunk_size": _chunk_size(n),
+        "count": n,
+        "source_fingerprint": _fingerprint(source, arrays),
+    }
+
+
+def _sha256(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _made_from(
+    source: LabelledImages, arrays: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The readable part of what a cache is made from (meta.json's ``made_from``): what
+    :func:`open_or_prepare` names when a cache does not match the data asked for."""
+    labels = np.ascontiguousarray(arrays["labels"])
+    return {
+        "image_dir": os.path.abspath(source.image_dir),
+        "files": len(source.filenames),
+        "filenames_sha256": _sha256("\0".join(source.filenames).encode()),
+        "labels_sha256": _sha256(
+            "\0".join(source.attr_names).encode(), str(labels.shape).encode(), labels.tobytes()
+        ),
+        "image_size": params["image_size"],
+        "crop": params["crop"],
+    }
+
+
 def _chunk_size(n: int) -> int:
     # About 64 chunks for small sets (progress and load balance), 256 images at most.
     return int(min(_MAX_CHUNK, max(1, -(-n // 64))))
@@ -486,26 +536,14 @@ def prepare(
         raise OutputError(f"output folder {out} holds the source images: choose another folder")
     arrays = _source_arrays(source)
     n = len(source.filenames)
-    apply_exif = not source.layout.startswith("celeba")
-    if crop is None and source.layout.startswith("celeba"):
-        crop = CELEBA_CROP
-    crop = None if crop is None else int(crop)
+    params = _prepare_params(source, arrays, image_size, crop)
+    crop, apply_exif, chunk = params["crop"], params["apply_exif"], params["chunk_size"]
     crop_rule = (
         f"centred {crop} x {crop} square" if crop else "largest centred square of each image"
     )
     workers = int(workers) or _default_workers()
-    chunk = _chunk_size(n)
     n_chunks = -(-n // chunk)
     shape = (n, 3, image_size, image_size)
-    params = {
-        "format_version": FORMAT_VERSION,
-        "image_size": image_size,
-        "crop": crop,
-        "apply_exif": apply_exif,
-        "chunk_size": chunk,
-        "count": n,
-        "source_fingerprint": _fingerprint(source, arrays),
-    }
     paths = [str(source.image_path(i)) for i in range(n)]
     _check_first_crop(paths, crop)
 
@@ -666,6 +704,7 @@ def prepare(
             "images_per_s": round(processed / seconds, 1) if seconds > 0 else None,
             "resumed": not fresh,
             "prepare_params": params,
+            "made_from": _made_from(source, arrays, params),
         }
         for name in ("params.json", "progress.jsonl"):
             (partial / name).unlink(missing_ok=True)
@@ -757,13 +796,23 @@ def open_or_prepare(
     crop: int | None = None,
     workers: int = 0,
     progress: bool = True,
+    reuse_only: bool = False,
 ) -> PreparedCache:
     """``data`` as a prepared cache: itself when it is one, else the dataset found there (or
     given as :class:`LabelledImages`) prepared once into ``cache_dir`` at ``image_size`` (and
-    ``crop``, see :func:`prepare`); an existing cache in ``cache_dir`` is reused.
+    ``crop``, see :func:`prepare`).
 
-    The caller checks the image size of what comes back: a cache given directly or found in
-    ``cache_dir`` keeps its own size.
+    A cache already in ``cache_dir`` is reused only when it was prepared from this very data:
+    meta.json's ``prepare_params`` equal what a prepare would record now (the source folder,
+    its file names and count, sizes and times of a sample of its files, the attribute names
+    and every label, partition, identity and landmarks, image size and crop). A cache made from
+    anything else is never used and never touched: the data is prepared beside it, into
+    ``CACHE_DIR-XXXXXXXX`` (the first 8 hex digits of a hash of those params), with a note on
+    stderr, and found there on the next call. A cache without ``prepare_params`` counts as made
+    from other data. ``reuse_only``: raise :class:`DataError` instead of preparing (DDP ranks
+    other than 0 open what rank 0 prepared).
+
+    The caller checks the image size of a cache given directly as ``data``.
     """
     from conceptvae.data import LabelledImages, open_dataset
 
@@ -775,11 +824,63 @@ def open_or_prepare(
         return open_cache(data)
     # DataError when DATA is not a dataset
     source = data if isinstance(data, LabelledImages) else open_dataset(data, labels=labels)
-    if is_cache(cache_dir):
-        return open_cache(cache_dir)
+    _check_params(image_size, crop, workers)
+    arrays = _source_arrays(source)
+    params = _prepare_params(source, arrays, image_size, crop)
+    cache_dir = Path(cache_dir)
+    beside = sibling_cache_dir(cache_dir, params)
+    for path in (cache_dir, beside):
+        if is_cache(path) and _read_json(path / "meta.json").get("prepare_params") == params:
+            return open_cache(path)
+    target = beside if is_cache(cache_dir) else cache_dir
+    if reuse_only:
+        raise DataError(
+            f"no cache of {source.root} in {cache_dir} or {beside}: prepare it first "
+            f"(conceptvae prepare {source.root} {cache_dir})"
+        )
+    if target == beside:
+        why = _mismatch(_read_json(cache_dir / "meta.json"), _made_from(source, arrays, params))
+        _warn(
+            f"note: {cache_dir} holds a cache of other data ({why}); preparing {source.root} "
+            f"into {beside} instead (the cache in {cache_dir} is kept)"
+        )
     return prepare(
-        source, cache_dir, image_size=image_size, crop=crop, workers=workers, progress=progress
+        source, target, image_size=image_size, crop=crop, workers=workers, progress=progress
     )
+
+
+def sibling_cache_dir(cache_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
+    """Where :func:`open_or_prepare` prepares data whose ``prepare_params`` are ``params`` when
+    ``cache_dir`` holds another cache: ``CACHE_DIR-`` and 8 hex digits of their hash."""
+    key = _sha256(json.dumps(params, sort_keys=True).encode())[:8]
+    cache_dir = Path(cache_dir)
+    return cache_dir.with_name(f"{cache_dir.name}-{key}")
+
+
+def _mismatch(meta: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between a cache's meta.json and the data asked for, in a few words."""
+    old = meta.get("made_from")
+    if not isinstance(old, dict):  # made before meta.json recorded this: compare what it has
+        old = {
+            "image_dir": meta.get("image_dir"),
+            "files": meta.get("source_count"),
+            "image_size": meta.get("image_size"),
+            "crop": meta.get("crop"),
+        }
+    names = {
+        "image_dir": "source folder",
+        "files": "number of files",
+        "filenames_sha256": "file names",
+        "labels_sha256": "labels",
+        "image_size": "image size",
+        "crop": "crop",
+    }
+    diff = []
+    for key, name in names.items():
+        if key in old and old[key] != now[key]:
+            shown = "" if key.endswith("sha256") else f" {old[key]} vs {now[key]}"
+            diff.append(f"{name}{shown}")
+    return ", ".join(diff) if diff else "file sizes or times, partition or landmarks differ"
 
 
 def frame_crop(source: LabelledImages, crop: float | None) -> int | None:
