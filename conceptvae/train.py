@@ -46,7 +46,6 @@ from conceptvae.data.cache import (
     BatchLoader,
     PreparedCache,
     is_cache,
-    open_cache,
     open_or_prepare,
 )
 from conceptvae.errors import TrainError
@@ -70,6 +69,9 @@ CHECKPOINT_FORMAT = 1
 SCHEDULES = ("cosine", "constant")
 # Changing these mid-run changes which images a step sees or which noise it draws.
 _ORDER_KEYS = ("batch_size", "seed")
+# The loop's clock (seconds): its time budget, the time-planned LR, checkpoint and log timing.
+# Tests replace it with a fake one.
+_clock = time.monotonic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +87,16 @@ class TrainConfig:
     ``kl_warmup_steps``. ``max_minutes`` / ``max_steps`` stop cleanly (saving) when reached;
     ``checkpoint_minutes`` is how often a checkpoint is written between epochs. ``device`` is
     ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+
+    The learning-rate plan: with ``epochs`` (the default, 20) the cosine decay runs over
+    ``epochs`` and ``max_minutes`` is only a stop for this call. With ``epochs=None`` it runs
+    over ``max_minutes`` instead, which is then the whole run's budget: the LR at each step is
+    the cosine of the elapsed training time over the budget (wall-clock time of the loop,
+    evaluation included, summed over resumes: it is checkpointed), reaching
+    ``lr * min_lr_ratio`` as the budget ends, where training stops, evaluates and saves.
     """
 
-    epochs: int = 20
+    epochs: int | None = 20
     batch_size: int = 64
     lr: float = 1e-3
     beta: float | None = None
@@ -110,6 +119,11 @@ class TrainConfig:
     eval_samples: int = 2000
 
     def __post_init__(self) -> None:
+        if self.epochs is None and self.max_minutes is None:
+            raise TrainError(
+                "epochs=None plans the run over max_minutes: give max_minutes too "
+                "(or an epoch count)"
+            )
         for name, minimum in (
             ("epochs", 1),
             ("batch_size", 1),
@@ -121,6 +135,8 @@ class TrainConfig:
             ("eval_samples", 1),
         ):
             v = getattr(self, name)
+            if name == "epochs" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
                 raise TrainError(f"{name} must be an integer >= {minimum}, got {v!r}")
         if self.max_steps is not None and (
@@ -160,6 +176,18 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def planned_by_time(self) -> bool:
+        """True when the LR schedule is planned over ``max_minutes`` (``epochs`` is None)."""
+        return self.epochs is None
+
+
+def cosine_lr(lr: float, min_lr_ratio: float, fraction: float) -> float:
+    """The cosine decay from ``lr`` (fraction 0) to ``lr * min_lr_ratio`` (fraction >= 1)."""
+    floor = lr * min_lr_ratio
+    f = min(1.0, max(0.0, fraction))
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * f))
 
 
 def model_config_for(data: PreparedCache, **overrides: Any) -> VAEConfig:
@@ -241,6 +269,22 @@ def _any_rank(flags: list[bool], d: _Dist, device: torch.device) -> list[bool]:
     return [bool(v > 0) for v in t.tolist()]
 
 
+def _agree(
+    flags: list[bool], value: float, d: _Dist, device: torch.device
+) -> tuple[list[bool], float]:
+    """``flags`` true when true on any rank, and rank 0's ``value`` (>= 0) on every rank: one
+    collective (every rank must call this at the same point)."""
+    if d.world == 1:
+        return flags, value
+    import torch.distributed as dist
+
+    vals = [1.0 if f else 0.0 for f in flags] + [value if d.main else 0.0]
+    t = torch.tensor(vals, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out = t.tolist()
+    return [v > 0 for v in out[:-1]], float(out[-1])
+
+
 def _sync_buffers(model: nn.Module, d: _Dist) -> None:
     """Give every rank rank 0's BatchNorm statistics (DDP syncs them only before a forward)."""
     if d.world > 1:
@@ -270,8 +314,8 @@ def _open_data(
     if d.main or isinstance(data, PreparedCache) or is_cache(data):
         c = open_or_prepare(data, cache_dir, image_size, workers=workers, progress=progress)
     _barrier(d)
-    if c is None:
-        c = open_cache(cache_dir)
+    if c is None:  # what rank 0 prepared (or found): in cache_dir, or beside it
+        c = open_or_prepare(data, cache_dir, image_size, reuse_only=True)
     if c.image_size != image_size:
         if c.image_size in IMAGE_SIZES:
             hint = f"pass --image-size {c.image_size}, or prepare the data again at {image_size} px"
@@ -638,7 +682,8 @@ def train(
 
     ``data``: a prepared cache (path or :class:`PreparedCache`) or any dataset
     :func:`~conceptvae.data.open_dataset` reads, which is then prepared once into ``cache``
-    (default: ``OUT-cache`` beside ``out``; reused when it exists at the same image size).
+    (default: ``OUT-cache`` beside ``out``; reused only for the same data, image size and crop,
+    other data is prepared beside it, see :func:`~conceptvae.data.cache.open_or_prepare`).
     ``model_config``: None = the checkpoint's when resuming, else ``VAEConfig()``.
     ``resume``: continue from ``out/checkpoint.pt`` at the exact step (mid-epoch included).
     Under torchrun (WORLD_SIZE > 1) each process trains a DDP replica and only rank 0 writes.
@@ -763,19 +808,28 @@ def _train(
 
     loader = BatchLoader(c, "train", cfg.batch_size, True, True, cfg.seed, d.rank, d.world)
     spe = len(loader)
-    total = cfg.epochs * spe
+    by_time = cfg.planned_by_time
+    total = None if by_time else cfg.epochs * spe
+    budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
+    # time-planned cosine: the LR is set before each step from the elapsed time (below)
+    timed_cosine = by_time and cfg.lr_schedule == "cosine"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "cosine":
+    if cfg.lr_schedule == "cosine" and not by_time:
         sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=max(1, total), eta_min=cfg.lr * cfg.min_lr_ratio
         )
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    # training time before this call (the time plan's clock), from the checkpoint
+    elapsed0 = 0.0
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
+        # A checkpoint of the other plan holds the other scheduler's state: its step count
+        # (last_epoch) is what carries over, the rest is inert.
         sched.load_state_dict(ckpt["scheduler"])
         if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
             sched.T_max = max(1, total)  # --epochs may have changed
+        elapsed0 = float(ckpt.get("elapsed_s", 0.0))  # 0 for checkpoints made before it
         _set_rng_state(ckpt["rng"], gen)
         if d.world > 1:  # only rank 0's noise was saved: give each rank its own again
             gen.manual_seed(cfg.seed + 7919 * d.rank + 104729 * step)
@@ -801,6 +855,25 @@ def _train(
 
     state = {"saved_step": ckpt["step"] if ckpt is not None else None}
     rng_snapshot = _rng_state(gen)
+    clock = {"start": None}  # the loop's start on _clock, once it runs
+    plan: dict[str, Any] = (
+        {"by": "time", "minutes": cfg.max_minutes, "schedule": cfg.lr_schedule}
+        if by_time
+        else {
+            "by": "epochs",
+            "epochs": cfg.epochs,
+            "steps": total,
+            "schedule": cfg.lr_schedule,
+            "stop_minutes": cfg.max_minutes,
+        }
+    )
+    if cfg.lr_schedule == "cosine":
+        plan.update(lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
+
+    def elapsed() -> float:
+        """Training time of the run so far: before this call plus this call's loop."""
+        start = clock["start"]
+        return elapsed0 + (0.0 if start is None else _clock() - start)
 
     def save(model_too: bool = True) -> None:
         if not out_main:
@@ -818,6 +891,8 @@ def _train(
             "rng": rng_snapshot,
             "model_config": mcfg.to_dict(),
             "train_config": cfg.to_dict(),
+            "lr_plan": plan,
+            "elapsed_s": elapsed(),
         }
         try:
             _write_checkpoint(obj, out / CHECKPOINT_NAME)
@@ -837,37 +912,50 @@ def _train(
 
     from tqdm.auto import tqdm
 
+    if total is None:
+        bar_total = cfg.max_steps
+    else:
+        bar_total = min(total, cfg.max_steps) if cfg.max_steps else total
     bar = tqdm(
-        total=min(total, cfg.max_steps) if cfg.max_steps else total,
+        total=bar_total,
         initial=step,
         disable=not (progress and out_main),
         file=sys.stderr,
         unit="step",
         dynamic_ncols=True,
     )
-    t_start = t_ckpt = time.monotonic()
-    t_log, log_step = time.monotonic(), step
+    t_start = t_ckpt = clock["start"] = _clock()
+    t_log, log_step = t_start, step
+    evaluated_at = step  # the step of the last valid evaluation (or of the start)
     sums = torch.zeros(4, device=device)  # loss, recon, kl, mse since the last log line
     n_sum = 0
     stop_reason = None
     in_step = False
+    run_s = 0.0  # the run's training time at the current step, the same on every rank
     try:
         with _Stop() as stop:
-            while epoch < cfg.epochs and stop_reason is None:
+            while (by_time or epoch < cfg.epochs) and stop_reason is None:
                 loader.set_epoch(epoch)
                 order = loader.epoch_indices(epoch)
                 for k in range(batch_in_epoch, spe):
                     if cfg.max_steps is not None and step >= cfg.max_steps:
                         stop_reason = "max_steps"
                         break
-                    time_up = (
-                        cfg.max_minutes is not None
-                        and time.monotonic() - t_start >= cfg.max_minutes * 60
+                    now = _clock()
+                    # with epochs, max_minutes is a stop for this call (as it always was)
+                    session_up = not by_time and budget_s is not None and now - t_start >= budget_s
+                    # every rank takes rank 0's clock: the same LR and the same stop
+                    (interrupted, session_up), run_s = _agree(
+                        [stop.requested, session_up], elapsed0 + (now - t_start), d, device
                     )
-                    interrupted, time_up = _any_rank([stop.requested, time_up], d, device)
+                    time_up = session_up or (by_time and run_s >= budget_s)
                     if interrupted or time_up:
                         stop_reason = "interrupt" if interrupted else "max_minutes"
                         break
+                    if timed_cosine:
+                        lr_now = cosine_lr(cfg.lr, cfg.min_lr_ratio, run_s / budget_s)
+                        for g in opt.param_groups:
+                            g["lr"] = lr_now
                     in_step = True
                     x, y, w = feed(order[k * cfg.batch_size : (k + 1) * cfg.batch_size])
                     beta = target_beta
@@ -905,7 +993,7 @@ def _train(
                     bar.update(1)
                     if step % cfg.log_every == 0:
                         vals = _reduce_mean(sums / n_sum, d)
-                        now = time.monotonic()
+                        now = _clock()
                         ips = (step - log_step) * cfg.batch_size * d.world / max(now - t_log, 1e-9)
                         t_log, log_step = now, step
                         rec = {
@@ -918,35 +1006,61 @@ def _train(
                             "img_per_s": round(ips, 1),
                             "lr": opt.param_groups[0]["lr"],
                             "beta": beta,
+                            "lr_plan": plan["by"],
                         }
+                        if by_time:
+                            rec["elapsed_s"] = round(run_s, 3)
                         log(rec)
                         bar.set_postfix(loss=f"{vals[0]:.4g}", img_s=f"{ips:.0f}")
                         sums.zero_()
                         n_sum = 0
-                    if out_main and time.monotonic() - t_ckpt >= cfg.checkpoint_minutes * 60:
+                    if out_main and _clock() - t_ckpt >= cfg.checkpoint_minutes * 60:
                         save()
-                        t_ckpt = time.monotonic()
+                        t_ckpt = _clock()
                 else:
                     epoch += 1
                     batch_in_epoch = 0
                     if out_main:
                         _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log)
                         save()
-                        t_ckpt = time.monotonic()
+                        t_ckpt = _clock()
+                    evaluated_at = step
                     _barrier(d)
-                    t_log = time.monotonic()  # img/s counts training, not evaluation
+                    t_log = _clock()  # img/s counts training, not evaluation
             if stop_reason == "interrupt":
                 save()
                 raise KeyboardInterrupt
         _sync_buffers(vae, d)
+        budget_spent = by_time and stop_reason == "max_minutes"
+        if budget_spent and timed_cosine:
+            for g in opt.param_groups:  # the plan's end: the checkpoint holds the floor
+                g["lr"] = cosine_lr(cfg.lr, cfg.min_lr_ratio, 1.0)
         if state["saved_step"] != step:
             save()
+        elif budget_spent:
+            save(model_too=False)  # the checkpoint records that the budget is spent
+        if budget_spent and step != evaluated_at:
+            # the model the budget ended with: its valid metrics (after the save, so a failure
+            # here loses nothing)
+            if out_main:
+                _end_of_epoch(
+                    vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log,
+                    final={"elapsed_s": round(run_s, 3), "budget_s": budget_s},
+                )  # fmt: skip
+            _barrier(d)
         if stop_reason in ("max_minutes", "max_steps") and out_main and progress:
-            bar.write(
-                f"stopped at step {step} ({stop_reason.replace('_', ' ')} reached); "
-                "the run is saved: --resume continues it",
-                file=sys.stderr,
-            )
+            if budget_spent:
+                msg = (
+                    f"stopped at step {step}: the {cfg.max_minutes:g}-minute budget is spent "
+                    "and the learning rate is at its floor; the run is saved (--resume with a "
+                    "larger --max-minutes trains on)"
+                )
+            else:
+                msg = (
+                    f"stopped at step {step} ({stop_reason.replace('_', ' ')} reached); "
+                    "the run is saved: --resume continues it"
+                )
+            bar.write(msg, file=sys.stderr)
     except KeyboardInterrupt:
         # A Ctrl-C outside a step (e.g. during evaluation) still leaves a consistent state.
         if not in_step and state["saved_step"] != step:
@@ -982,11 +1096,17 @@ def _trim_metrics(path: Path, keep_upto: int | None) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log) -> None:
-    """Valid metrics, the probe and the image grids, all on rank 0 with the model in eval mode."""
+def _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log, final=None) -> None:
+    """Valid metrics, the probe and the image grids, all on rank 0 with the model in eval mode.
+
+    ``final``: the end of a time-planned run, mid-epoch: the record says ``"end_of_run": true``
+    (with the fields of ``final``) and the grids are ``final.png``.
+    """
     vae.eval()
+    name = "final" if final else f"epoch_{epoch:03d}"
     try:
-        rec: dict[str, Any] = {"step": step, "epoch": epoch, "end_of_epoch": True}
+        rec: dict[str, Any] = {"step": step, "epoch": epoch}
+        rec.update({"end_of_run": True, **final} if final else {"end_of_epoch": True})
         if valid_idx.size:
             rec.update(_evaluate(vae, feed, valid_idx, cfg.batch_size))
             if cfg.probe:
@@ -995,11 +1115,9 @@ def _end_of_epoch(vae, feed, train_idx, valid_idx, cfg, out, epoch, step, log) -
                 rec["probe"] = acc
         log(rec)
         if cfg.sample_every_epoch:
-            save_png(
-                sample_grid(vae, 64, 1.0, cfg.seed), out / "samples" / f"epoch_{epoch:03d}.png"
-            )
+            save_png(sample_grid(vae, 64, 1.0, cfg.seed), out / "samples" / f"{name}.png")
             if valid_idx.size:
                 x, _, _ = feed(valid_idx[:16])
-                save_png(reconstruction_grid(vae, x), out / "recon" / f"epoch_{epoch:03d}.png")
+                save_png(reconstruction_grid(vae, x), out / "recon" / f"{name}.png")
     finally:
         vae.train()

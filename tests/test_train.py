@@ -401,3 +401,189 @@ def test_linear_probe_scores_a_rare_but_linearly_encoded_attribute():
     unrelated_va = (rng.random((2000, 1)) < 0.3).astype(np.uint8)
     noise = linear_probe(ztr, unrelated_tr, zva, unrelated_va, ["Unrelated"])
     assert noise["Unrelated"] < 0.6
+
+
+# ---------------------------------------------------------------------------------------------
+# the learning-rate plan: over epochs, or over the time budget (--max-minutes without --epochs)
+
+
+class FakeClock:
+    """A deterministic _clock: every reading is ``dt`` seconds after the previous one."""
+
+    def __init__(self, start=0.0, dt=1.0):
+        self.t, self.dt = start - dt, dt
+
+    def __call__(self):
+        self.t += self.dt
+        return self.t
+
+
+def expected_lr(lr, ratio, elapsed, budget):
+    """The time plan's cosine, written out independently of train.cosine_lr."""
+    floor = lr * ratio
+    return floor + (lr - floor) * 0.5 * (1 + np.cos(np.pi * min(elapsed / budget, 1.0)))
+
+
+def records(out, key=None):
+    """(step records, end-of-run records) of a run's metrics.jsonl; with ``key``, the records
+    that have it."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    if key is not None:
+        return [r for r in lines if key in r]
+    return [r for r in lines if "loss" in r], [r for r in lines if r.get("end_of_run")]
+
+
+def timed(**kw):
+    base = dict(epochs=None, max_minutes=2.0, probe=False, log_every=1, sample_every_epoch=False)
+    base.update(kw)
+    return tiny_train(**base)
+
+
+def test_time_planned_lr_is_the_cosine_of_elapsed_over_budget_and_ends_at_the_floor(
+    cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "_clock", FakeClock(start=500.0))
+    cfg = timed(max_minutes=1.9)  # 114 fake seconds (about 3 a step): it ends mid-epoch
+    out = tmp_path / "run"
+    train(cache_dir, out, tiny_model(), cfg, progress=False)
+    steps, final = records(out)
+    assert len(steps) > 15 and all(r["lr_plan"] == "time" for r in steps)
+    elapsed = [r["elapsed_s"] for r in steps]
+    assert elapsed == sorted(elapsed) and elapsed[0] < 2 and 104 < elapsed[-1] < 114
+    for r in steps:
+        assert r["lr"] == pytest.approx(expected_lr(3e-3, 0.05, r["elapsed_s"], 114), rel=1e-9)
+    lrs = [r["lr"] for r in steps]
+    assert lrs[0] == pytest.approx(3e-3, rel=1e-3) and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] - 1.5e-4 < 0.01 * (3e-3 - 1.5e-4)  # the last step is at the floor
+    ckpt = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert ckpt["elapsed_s"] >= 114 and ckpt["step"] == steps[-1]["step"]
+    assert ckpt["batch_in_epoch"] != 0  # stopped mid-epoch
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1.5e-4, rel=1e-12)
+    assert ckpt["lr_plan"] == {"by": "time", "minutes": 1.9, "schedule": "cosine",
+                               "lr": 3e-3, "min_lr": 3e-3 * 0.05}  # fmt: skip
+    assert ckpt["train_config"]["epochs"] is None
+    # the model the budget ended with is evaluated once, at the stop
+    assert len(final) == 1 and final[0]["step"] == ckpt["step"]
+    assert final[0]["budget_s"] == pytest.approx(114) and final[0]["elapsed_s"] >= 114
+    assert np.isfinite(final[0]["valid_psnr"])
+    assert records(out, "valid_psnr")[-1] == final[0]
+
+
+def test_a_resumed_time_planned_run_continues_the_schedule(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "_clock", FakeClock())
+    train(cache_dir, tmp_path / "full", tiny_model(), timed(), progress=False)
+    full_steps, _ = records(tmp_path / "full")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "_clock", FakeClock(start=10.0))
+    train(cache_dir, out, tiny_model(), timed(max_steps=10), progress=False)
+    saved = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert saved["step"] == 10 and 20 < saved["elapsed_s"] < 60
+    before, _ = records(out)
+    # another process, another clock: the run's time goes on from the checkpoint
+    monkeypatch.setattr(train_mod, "_clock", FakeClock(start=7000.0))
+    train(cache_dir, out, tiny_model(), timed(), resume=True, progress=False)
+    steps, final = records(out)
+    assert steps[: len(before)] == before
+    after = steps[len(before) :]
+    assert after[0]["step"] == 11
+    assert saved["elapsed_s"] < after[0]["elapsed_s"] < saved["elapsed_s"] + 5
+    for r in after:
+        assert r["lr"] == pytest.approx(expected_lr(3e-3, 0.05, r["elapsed_s"], 120), rel=1e-9)
+    assert after[0]["lr"] < before[-1]["lr"]  # not back to the peak
+    # the same budget, about the same number of steps as the run that was not interrupted
+    assert abs(steps[-1]["step"] - full_steps[-1]["step"]) <= 2
+    assert [r["step"] for r in records(out, "valid_psnr")][-1] == steps[-1]["step"]
+    # resuming a run whose budget is spent trains no further
+    monkeypatch.setattr(train_mod, "_clock", FakeClock())
+    train(cache_dir, out, tiny_model(), timed(), resume=True, progress=False)
+    assert torch.load(out / CHECKPOINT_NAME, weights_only=True)["step"] == steps[-1]["step"]
+    assert records(out) == (steps, final)
+
+
+def test_with_epochs_the_lr_is_planned_over_steps_and_max_minutes_only_stops(
+    cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "_clock", FakeClock())
+    out = tmp_path / "run"
+    cfg = tiny_train(epochs=4, max_minutes=0.5, probe=False, log_every=1)  # 30 fake seconds
+    train(cache_dir, out, tiny_model(), cfg, progress=False)
+    steps, final = records(out)
+    total = 4 * 3
+    assert 3 < len(steps) < total and not final  # cut midway by the time limit
+    for r in steps:
+        assert r["lr_plan"] == "epochs" and "elapsed_s" not in r
+        assert r["lr"] == pytest.approx(expected_lr(3e-3, 0.05, r["step"], total), rel=1e-6)
+    ckpt = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert ckpt["lr_plan"]["by"] == "epochs" and ckpt["lr_plan"]["steps"] == total
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] > 0.2 * 3e-3  # not decayed to the floor
+
+
+def test_epochs_none_needs_a_time_budget():
+    with pytest.raises(TrainError, match="epochs=None plans the run over max_minutes"):
+        TrainConfig(epochs=None)
+
+
+def test_cli_max_minutes_alone_plans_by_time_and_resume_keeps_the_plan(
+    cache_dir, tmp_path, monkeypatch
+):
+    seen = []
+
+    def fake_train(data, run, model_config, config, **kw):
+        seen.append(config)
+
+    base = ["train", str(cache_dir), *TINY, "--batch-size", "4", "--device", "cpu", "--no-probe"]
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    for extra in (["--max-minutes", "5"], ["--max-minutes", "5", "--epochs", "20"], []):
+        r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "new"), *extra])
+        assert r.exit_code == 0, r.output
+    assert [(c.epochs, c.max_minutes) for c in seen] == [(None, 5.0), (20, 5.0), (20, None)]
+    monkeypatch.undo()
+
+    # real checkpoints of both plans, then resumes through the CLI
+    train(cache_dir, tmp_path / "t", tiny_model(), timed(max_steps=1), progress=False)
+    train(cache_dir, tmp_path / "e", tiny_model(), tiny_train(max_steps=1), progress=False)
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    seen.clear()
+    for run, extra in (
+        ("t", []),  # keeps its budget: the schedule goes on
+        ("t", ["--max-minutes", "3"]),  # a new total budget
+        ("e", ["--max-minutes", "3"]),  # an epochs run keeps its epochs; the time only stops
+        ("e", []),
+    ):
+        r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / run), "--resume", *extra])
+        assert r.exit_code == 0, r.output
+    got = [(c.epochs, c.max_minutes) for c in seen]
+    assert got == [(None, 2.0), (None, 3.0), (2, 3.0), (2, None)]
+
+
+def _ddp_time_worker(rank, world, port, cache, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    # the ranks' clocks disagree (rank 1's runs 3x fast from another origin): both must
+    # follow rank 0's, for the LR and for the stop
+    train_mod._clock = FakeClock(start=100.0 * rank, dt=1.0 + 2.0 * rank)
+    cfg = TrainConfig(epochs=None, max_minutes=1.0, batch_size=2, device="cpu", log_every=1,
+                      kl_warmup_steps=2, probe=False, sample_every_epoch=False)  # fmt: skip
+    model = train(cache, out, tiny_model(), cfg, progress=False)
+    torch.save(model.state_dict(), os.path.join(os.path.dirname(out), f"rank{rank}.pt"))
+
+
+def test_ddp_ranks_follow_rank0s_clock_for_the_time_planned_lr_and_stop(tmp_path):
+    import torch.multiprocessing as mp
+    from test_ddp import _cache, _free_port
+
+    cache = _cache(tmp_path)
+    out = tmp_path / "run"
+    mp.spawn(_ddp_time_worker, args=(2, _free_port(), str(cache), str(out)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    steps, _ = records(out)
+    assert len(steps) > 10  # rank 1's clock alone would have stopped after about a third
+    for r in steps:
+        assert r["lr"] == pytest.approx(expected_lr(1e-3, 0.05, r["elapsed_s"], 60), rel=1e-9)
+    assert steps[-1]["elapsed_s"] > 50
