@@ -53,7 +53,7 @@ FOOTPRINTS_NAME = "footprints.safetensors"
 # metadata entries that are {name: ...} dicts, kept in step with the vectors they describe
 _PER_VECTOR_KEYS = (
     "counts", "norms", "effective_counts", "coverage", "confounders", "removal_scale",
-    "calibration", "vectors",
+    "calibration", "problems", "vectors",
 )  # fmt: skip
 FORMAT_VERSION = 1
 
@@ -526,7 +526,8 @@ class VectorBank:
     def vector(self, expr: str | Sequence[Term], scale: float = 1.0) -> np.ndarray:
         """(D,) float32: ``scale`` times the sum of each term's coefficient times its vector,
         with the term's conditions projected out. Repeated names add up. A negative
-        coefficient is also multiplied by the name's :meth:`removal_scale`."""
+        coefficient (or a positive one times a negative ``scale``) is also multiplied by the
+        name's :meth:`removal_scale`."""
         terms = self.parse(expr) if isinstance(expr, str) else list(expr)
         if not isinstance(scale, (int, float, np.number)) or not math.isfinite(scale):
             raise VectorError(f"scale must be a finite number, got {scale!r}")
@@ -538,7 +539,8 @@ class VectorBank:
             if t.condition:
                 others = np.stack([self[c] for c in t.condition]).astype(np.float64)
                 vec = np.asarray(project_out(vec, others), dtype=np.float64)
-            out += t.coef * vec * (self.removal_scale(t.name) if t.coef < 0 else 1.0)
+            negative = t.coef * scale < 0  # removing, whichever of the two says so
+            out += t.coef * vec * (self.removal_scale(t.name) if negative else 1.0)
         return (scale * out).astype(np.float32)
 
     def describe(self, expr: str | Sequence[Term]) -> str:
@@ -577,10 +579,12 @@ class VectorBank:
                 if isinstance(meta.get(key), dict):
                     meta[key].pop(old, None)
         vectors[name] = vec
-        return self._derived(vectors, meta)
+        return self._derived(vectors, meta, drop=self.canonical(name) if name in self else None)
 
-    def _derived(self, vectors: dict[str, Any], meta: dict[str, Any]) -> VectorBank:
-        fps = {n: f for n, f in self._footprints.items() if n in vectors}
+    def _derived(
+        self, vectors: dict[str, Any], meta: dict[str, Any], drop: str | None = None
+    ) -> VectorBank:
+        fps = {n: f for n, f in self._footprints.items() if n in vectors and n != drop}
         bank = VectorBank(vectors, metadata=meta, footprints=fps)
         bank._source = self._source
         return bank

@@ -264,7 +264,10 @@ def _attr_names(data: str) -> list[str]:
 @click.option("--latent-dim", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--patch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--channels", callback=_int_list, help="Widths per resolution, e.g. 32,64,128,256.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20,
+              help="Epochs to train; the cosine LR decay is planned over them (with "
+                   "--max-minutes too, which is then only a stop) [default: 20; none with "
+                   "--max-minutes alone].")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Per process.")  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
@@ -276,7 +279,11 @@ def _attr_names(data: str) -> list[str]:
               help="Extra loss weight on eyes and mouth (0: off).")  # fmt: skip
 @click.option("--attr-weight", type=float, default=1.0, show_default=True,
               help="Weight of an attribute head on mu, labelled data (0: no head).")  # fmt: skip
-@click.option("--max-minutes", type=float, default=None, help="Stop (saving) after this long.")
+@click.option("--max-minutes", type=float, default=None,
+              help="Without --epochs: the run's time budget; the cosine LR decay is planned "
+                   "over it (across --resume), and training stops, evaluates and saves when it "
+                   "is spent. With --epochs: only a stop (saving) for this invocation; the "
+                   "epochs plan the LR. A resumed run keeps its plan.")  # fmt: skip
 @click.option("--max-steps", type=click.IntRange(min=0), default=None, help="Stop after this step.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)  # fmt: skip
@@ -339,7 +346,10 @@ def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **o
                   "seed", "workers", "probe", "log_every")  # fmt: skip
     if resume:
         mc, tc = read_checkpoint_configs(run)
-        tc["max_minutes"] = tc["max_steps"] = None  # budgets belong to one invocation
+        tc["max_steps"] = None  # a budget of one invocation
+        if tc.get("epochs") is not None or given("epochs"):
+            tc["max_minutes"] = None  # with epochs, a stop for one invocation
+        # else the run is planned over its time budget: it keeps it (or takes a new total)
     else:
         mc, tc = {}, {}
     for k in model_keys:
@@ -352,6 +362,8 @@ def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **o
     for k in train_keys:
         if not resume or given(k):
             tc[k] = opts[k]
+    if not resume and given("max_minutes") and not given("epochs"):
+        tc["epochs"] = None  # the LR schedule is planned over the time budget
     tc["compile"] = opts["compile_"] if (not resume or given("compile_")) else tc.get("compile")
     tc["device"] = str(resolve_device(opts["device"]))  # only the CLI resolves "auto"
     model_config = VAEConfig.from_dict(mc)
@@ -459,9 +471,12 @@ def _names(value: str | None) -> list[str] | None:
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path(), required=False)
-@click.option("--method", type=click.Choice(["mean", "balanced", "classifier", "conditional"]),
-              default="mean", show_default=True,
-              help="With --condition: the base the conditions are projected out of.")  # fmt: skip
+@click.option("--method",
+              type=click.Choice(["best", "mean", "balanced", "classifier", "conditional"]),
+              default="best", show_default=True,
+              help="best: per attribute, the method that works with the least leakage on the "
+                   "valid split. With --condition: the base the conditions are projected out "
+                   "of.")  # fmt: skip
 @click.option("--attributes", help="Comma-separated names to fit (default: all labels).")
 @click.option("--condition", help="Comma-separated names held fixed (projected out).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels CSV for an image folder.")
@@ -471,6 +486,19 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--cache", type=click.Path(file_okay=False),
               help="Where a raw dataset is prepared [default: RUN-cache beside RUN].")  # fmt: skip
 @click.option("--replace", is_flag=True, help="Start a new bank instead of adding to RUN's.")
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=True,
+    show_default=True,
+    help="Put strengths on the judge-calibrated scale (trains RUN/judge once).",
+)
+@click.option(
+    "--calibration-faces",
+    type=click.IntRange(min=10),
+    default=200,
+    show_default=True,
+    help="Held-out faces per attribute and direction for calibrating.",
+)
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -489,6 +517,8 @@ def vectors(
     name: str | None,
     cache: str | None,
     replace: bool,
+    calibrate: bool,
+    calibration_faces: int,
     show: bool,
     batch_size: int,
     device: str,
@@ -496,8 +526,11 @@ def vectors(
 ) -> None:
     """Fit concept vectors for the model in RUN from the labels of DATA and save them in RUN.
 
-    The train split's posterior means are fitted (and cached in RUN/latents), the valid split
-    judges them: held-out AUC, norms, cosines, confounds, printed and written beside the bank.
+    The train split's posterior means are fitted (and cached in RUN/latents). With a valid
+    split, each vector is calibrated there by an attribute judge trained on the same labels
+    (RUN/judge, trained once): strength 1 adds the attribute clearly (97% of held-out faces),
+    -1 removes it; each vector also gets its footprint. The valid split also judges them:
+    held-out AUC, norms, cosines, confounds and problems, printed and written beside the bank.
     """
     from pathlib import Path
 
@@ -521,6 +554,8 @@ def vectors(
         if bank is None:
             raise DataError(f"{run_dir} has no vectors yet: run `conceptvae vectors {run} DATA`")
         click.echo(V.describe_bank(bank))
+        click.echo("")
+        click.echo(V.describe_calibration(bank))
         report = run_dir / V.REPORT_TEXT
         if report.is_file():
             click.echo("")
@@ -561,9 +596,18 @@ def vectors(
             crop = frame_crop(source, vae.config.crop)
         given = labels if isinstance(source, str) else None  # applied by open_dataset above
         c = open_or_prepare(source, cache_dir, size, labels=given, crop=crop, workers=workers)
+
+        def judge_factory():
+            from conceptvae.evaluate import load_or_train_judge
+
+            click.echo("the attribute judge calibrates strengths (trained once, kept in "
+                       f"{run_dir / 'judge'})", err=True)  # fmt: skip
+            return load_or_train_judge(run_dir, c, device=vae.device)
+
         new, report = V.fit_vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,
+            judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
         )  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
@@ -572,6 +616,9 @@ def vectors(
     bank.save(run_dir)
     paths = V.save_report(report, run_dir, title=f"cosine similarity ({new.metadata['method']})")
     click.echo(report.to_text())
+    click.echo(V.describe_calibration(new))
+    for name in report.flagged:
+        click.echo(f"warning: {name}: {'; '.join(report.problems[name])}", err=True)
     click.echo(
         f"saved {len(new)} vectors ({len(bank)} in the bank) to {run_dir}; report in "
         f"{paths[0].name}, {paths[1].name}, {paths[2].name}"
@@ -637,8 +684,9 @@ def _photo_cells(images, max_side: int = 512):
 @click.option("--sweep", help="A strip at each strength instead, e.g. 'Smiling=-2:2:5'.")
 @click.option("--gif", is_flag=True, help="With --sweep: also an animation.")
 @click.option("-o", "--output", type=click.Path(), help="Output folder [default: beside each].")
-@click.option("--blend", type=click.Choice(["residual", "replace", "poisson"]),
-              default="residual", show_default=True)  # fmt: skip
+@click.option("--blend", type=click.Choice(["auto", "local", "residual", "replace", "poisson"]),
+              default="auto", show_default=True,
+              help="auto: local where the vectors have footprints, else residual.")  # fmt: skip
 @click.option("--face", default="0", show_default=True, help="Face number (0 = largest) or all.")
 @click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
 @click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
@@ -796,9 +844,12 @@ def grid_command(
     xname, xs = parse_sweep(x_sweep)
     yname, ys = parse_sweep(y_sweep)
     pipe = _pipeline(run, device)
-    dx, dy = pipe.direction(xname), pipe.direction(yname)
+    pipe.direction(xname), pipe.direction(yname)  # a bad name fails before the photo is read
     f = pipe.prepare(photo, face=face, align=not no_align).faces[0]
-    zs = torch.stack([f.z + float(b) * dy + float(a) * dx for b in ys for a in xs])
+    zs = torch.stack(
+        [f.z + pipe.direction(yname, float(b)) + pipe.direction(xname, float(a))
+         for b in ys for a in xs]
+    )  # fmt: skip
     crops = pipe.crops(f, zs)
     grid = image_grid(crops.reshape(len(ys), len(xs), *crops.shape[1:]), cell=96,
                       col_labels=list(xs), row_labels=list(ys),

@@ -2,14 +2,21 @@
 
 Blend modes (how the edited face goes back):
 
-- ``residual`` (default): add the decoded change ``D(z') - D(z)``, warped to the photo, to the
+- ``auto`` (default): ``local`` when every vector of the edit has a footprint (banks made by
+  ``conceptvae vectors`` have them), else ``residual``.
+- ``local``: where the edit's vectors act (their footprints, :mod:`conceptvae.calibration`), the
+  decoded face ``D(z')``; away from there the photo's own pixels, untouched; the residual change
+  in between. Removing works as well as adding (a sharp smile or fringe of the photo cannot
+  survive a blurry decoded change), and a smile does not repaint the hair.
+- ``residual``: add the decoded change ``D(z') - D(z)``, warped to the photo, to the
   original pixels under a feathered face mask. The photo keeps its own detail and resolution;
   only what the edit changes moves. Strength 0 returns the photo unchanged, bit for bit.
 - ``replace``: the decoded face ``D(z')`` itself, under the same mask.
 - ``poisson``: ``D(z')`` blended with OpenCV's seamless cloning (gradient-domain) inside the
   mask, which hides colour differences at the seam.
 
-In every mode, pixels outside the face mask are returned bit-identical.
+In every mode, pixels outside the face mask (``local``: outside the footprint) are returned
+bit-identical, and strength 0 returns the photo unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 from PIL import Image
 
 from attributes.bank import VectorBank
+from conceptvae.calibration import combined_weight, footprint_weight
 from conceptvae.errors import ModelError
 from conceptvae.faces import (
     AlignedFace,
@@ -33,13 +41,14 @@ from conceptvae.faces import (
     align_face,
     find_faces,
     photo_mask,
+    warp_mask_to_photo,
     warp_to_photo,
     whole_image_face,
 )
 from conceptvae.images import Photo, read_image
 from conceptvae.model import ConceptVAE
 
-BLENDS = ("residual", "replace", "poisson")
+BLENDS = ("auto", "local", "residual", "replace", "poisson")
 FAR_PSNR_DB = 20.0  # a face reconstructed worse than this is far from the training data
 
 
@@ -82,7 +91,7 @@ class EditPipeline:
         bank: VectorBank | None = None,
         *,
         frame: Frame | None = None,
-        blend: str = "residual",
+        blend: str = "auto",
         feather: float = 0.08,
     ) -> None:
         self.vae = vae.eval()
@@ -100,6 +109,7 @@ class EditPipeline:
         _check_blend(blend)
         self.blend = blend
         self.feather = feather
+        self._warned: set[str] = set()  # flagged vectors already warned about
 
     @classmethod
     def from_pretrained(
@@ -176,29 +186,88 @@ class EditPipeline:
 
     # -- editing ---------------------------------------------------------------------------
 
-    def direction(self, edit: str) -> torch.Tensor:
-        """The latent step of an edit expression (``"Smiling+1.5"``, ``"Smiling@Male"``)."""
+    def direction(self, edit: str, strength: float = 1.0) -> torch.Tensor:
+        """The latent step of an edit expression (``"Smiling+1.5"``, ``"Smiling@Male"``) at
+        ``strength``; a negative strength removes, with the bank's removal scale."""
         if self.bank is None:
             raise ModelError(
                 "this model has no concept vectors yet: run `conceptvae vectors RUN DATA` first"
             )
-        v = self.bank.vector(edit)
+        v = self.bank.vector(edit, float(strength))
+        flagged = self.bank.metadata.get("problems", {})
+        for t in self.bank.parse(edit):
+            if flagged.get(t.name) and t.name not in self._warned:
+                self._warned.add(t.name)
+                warnings.warn(
+                    f"the vector {t.name} was flagged when it was fitted: "
+                    f"{'; '.join(flagged[t.name])}",
+                    stacklevel=2,
+                )
         return torch.from_numpy(np.ascontiguousarray(v)).to(self.vae.device)
+
+    def footprint(self, edit: str, strength: float = 1.0) -> torch.Tensor | None:
+        """(S, S) weight in [0, 1] of where the edit acts (the union of its vectors'
+        footprints), or None when a vector of it has no footprint."""
+        if self.bank is None:
+            return None
+        fps = self.bank.footprints
+        terms = self.bank.parse(edit)
+        if not terms or any(t.name not in fps for t in terms):
+            return None
+        if getattr(self, "_weights_of", None) is not self.bank:  # a new bank: new weights
+            self._weights: dict[str, torch.Tensor] = {}
+            self._weights_of = self.bank
+        for t in terms:
+            if t.name not in self._weights:
+                self._weights[t.name] = footprint_weight(fps[t.name])
+        return combined_weight([(t.coef * strength, self._weights[t.name]) for t in terms])
 
     @torch.inference_mode()
     def render(
-        self, prepared: PreparedPhoto, steps: list[torch.Tensor], blend: str | None = None
+        self,
+        prepared: PreparedPhoto,
+        steps: list[torch.Tensor],
+        blend: str | None = None,
+        weight: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Apply one latent step per face (``steps[i]`` (D,)) and put the faces back:
-        (H, W, 3) uint8."""
+        (H, W, 3) uint8. ``weight``: the edit's footprint weight (S, S) (:meth:`footprint`),
+        which the ``local`` blend needs and ``auto`` chooses it by."""
         blend = blend or self.blend
         _check_blend(blend)
+        if blend == "auto":
+            blend = "local" if weight is not None else "residual"
+        if blend == "local" and weight is None:
+            raise ModelError(
+                "the local blend needs the footprints of the edit's vectors, and this bank has "
+                "none for them: run `conceptvae vectors` again, or use --blend residual"
+            )
         out = prepared.pixels
         for f, step in zip(prepared.faces, steps):
             if not bool(step.abs().max() > 0):
                 continue  # strength 0: nothing changes, bit for bit
             new = self.vae.decode((f.z + step)[None]).float().clamp(0, 1)[0].cpu()
-            out = self._blend(out, f, new, blend)
+            if blend == "local":
+                out = self._local(out, f, new, weight)
+            else:
+                out = self._blend(out, f, new, blend)
+        return out
+
+    def _local(self, pixels: np.ndarray, f: FaceLatent, new: torch.Tensor, weight: torch.Tensor):
+        """x + w * ((D(z') - D(z)) + w * (D(z) - x)) in the photo, w the warped footprint
+        weight: :func:`conceptvae.calibration.crop_edit`'s ``local`` blend at full size."""
+        shape = pixels.shape
+        w = warp_mask_to_photo(weight.cpu().numpy().astype(np.float32), f.aligned, shape)
+        inside = w > 0
+        if not inside.any():
+            return pixels
+        delta = warp_to_photo((new - f.recon).permute(1, 2, 0).numpy() * 255.0, f.aligned, shape)
+        recon = warp_to_photo(f.recon.permute(1, 2, 0).numpy() * 255.0, f.aligned, shape)
+        x = pixels[inside].astype(np.float32)
+        wi = w[inside][:, None]
+        value = x + wi * (delta[inside] + wi * (recon[inside] - x))
+        out = pixels.copy()
+        out[inside] = np.clip(np.rint(value), 0, 255).astype(np.uint8)
         return out
 
     def _blend(self, pixels: np.ndarray, f: FaceLatent, new: torch.Tensor, blend: str):
@@ -239,8 +308,9 @@ class EditPipeline:
         """``photo`` with ``edit`` (an expression of the bank) applied at ``strength`` to the
         chosen faces: a PIL image of the photo's own size."""
         prepared = self._prepared(photo, face, align, refine)
-        step = self.direction(edit) * float(strength)
-        return Image.fromarray(self.render(prepared, [step] * len(prepared.faces), blend))
+        step = self.direction(edit, float(strength))
+        weight = self.footprint(edit, float(strength))
+        return Image.fromarray(self.render(prepared, [step] * len(prepared.faces), blend, weight))
 
     def sweep(
         self,
@@ -255,9 +325,16 @@ class EditPipeline:
     ) -> list[Image.Image]:
         """The photo edited at each strength (one encoding, one decode per strength)."""
         prepared = self._prepared(photo, face, align, refine)
-        d = self.direction(edit)
+        n = len(prepared.faces)
         return [
-            Image.fromarray(self.render(prepared, [d * float(s)] * len(prepared.faces), blend))
+            Image.fromarray(
+                self.render(
+                    prepared,
+                    [self.direction(edit, float(s))] * n,
+                    blend,
+                    self.footprint(edit, float(s)),
+                )
+            )
             for s in strengths
         ]
 

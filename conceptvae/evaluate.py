@@ -717,9 +717,18 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    calibrated: bool = True,
+    blends: Sequence[str] = ("local", "residual", "replace"),
 ) -> dict[str, Any]:
     """Measure concept-vector edits of ``vae`` with ``judge`` on the cache's test split (valid
     when there is no test split).
+
+    With ``calibrated`` (and a valid split besides the test split), each method's vectors are
+    also put on the calibrated scale on the valid split (:func:`conceptvae.calibration.calibrate`,
+    the ``local`` blend) and every judged attribute is added (+1) and removed (-1) on test faces
+    with each of ``blends``: ``result["calibrated"]`` holds success, leakage (all independent
+    attributes, and those the target does not hide), SSIM and SSIM outside the footprint, and
+    ``result["calibrated_summary"]`` the best method per attribute and direction.
 
     Vectors of each method are fitted on the train split's posterior means (cached in
     ``RUN/latents`` when ``run`` is given). For each judged attribute, up to ``n_faces`` faces
@@ -937,6 +946,11 @@ def evaluate(
                 vae, cache, eval_idx, z_eval, a, add, rem, vectors, methods, strengths,
                 result["edits"][a],
             )  # fmt: skip
+    if calibrated and targets:
+        result["calibrated"], result["calibrated_summary"] = _calibrated_edits(
+            vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
+            z_eval, eval_idx, y_eval, z_train, y_train, split, n_faces, seed, progress,
+        )  # fmt: skip
     result["summary"] = [
         {
             "attribute": a,
@@ -953,6 +967,81 @@ def evaluate(
     ]
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def _calibrated_edits(
+    vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
+    z_eval, eval_idx, y_eval, z_train, y_train, split, n_faces, seed, progress,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Calibrate each method on the valid split, then add and remove every target at +/-1 on
+    the evaluated split, per blend."""
+    from conceptvae.calibration import LEAKAGE_GOAL, SUCCESS_GOAL, calibrate, measure_edits
+    from conceptvae.calibration import occluded as hidden_by
+
+    if split == "valid" or cache.split("valid").size == 0:
+        return {"note": "no valid split besides the evaluated one to calibrate on"}, []
+    v_idx, z_v = split_latents(vae, cache, "valid", run, **common)
+    y_v = np.asarray(cache.labels[v_idx])
+    hidden = hidden_by(judge, cache.batch, v_idx, y_v, names, judged)
+    out: dict[str, Any] = {a: {"hidden": hidden.get(a, []), "methods": {}} for a in targets}
+    for m in methods:
+        cal = calibrate(
+            vae, judge, {a: vectors[m][a] for a in targets}, faces=cache.batch,
+            held_idx=v_idx, held_z=z_v, held_labels=y_v, names=names, train_z=z_train,
+            train_labels=y_train, n_faces=n_faces, seed=seed, progress=progress,
+        )  # fmt: skip
+        for a in targets:
+            res = measure_edits(
+                vae, judge, cal, a, faces=cache.batch, idx=eval_idx, z=z_eval, labels=y_eval,
+                names=names, train_labels=y_train, judged=judged, hidden=hidden.get(a, []),
+                blends=blends, n_faces=n_faces, seed=seed,
+            )  # fmt: skip
+            rec = cal["calibration"][a]
+            res["calibration"] = {
+                k: rec.get(k) for k in ("scale", "unit", "footprint_area", "footprint_peak")
+            }
+            res["calibration"]["removal_scale"] = cal["removal_scale"][a]
+            for d in ("add", "remove"):
+                r = rec.get(d)
+                if r is not None:
+                    res["calibration"][d] = {k: v for k, v in r.items() if k != "curve"}
+            out[a]["methods"][m] = res
+    summary = []
+    for a in targets:
+        for d in ("add", "remove"):
+            cells = {
+                m: out[a]["methods"][m][d]["local"]
+                for m in methods
+                if out[a]["methods"][m].get(d) is not None
+            }
+            if not cells:
+                continue
+
+            def score(c):  # works first, then the fewest flips, then success
+                ok = c["success"] >= SUCCESS_GOAL and c["leakage"] <= LEAKAGE_GOAL
+                return (ok, -c["leakage"] if ok else c["success"] - c["leakage"])
+
+            best = max(cells, key=lambda m: score(cells[m]))
+            top = cells[best]["success"]
+            summary.append(
+                {
+                    "attribute": a,
+                    "direction": d,
+                    "best_method": best,
+                    **{
+                        k: cells[best][k]
+                        for k in ("success", "leakage", "leakage_visible", "ssim", "ssim_outside")
+                    },  # fmt: skip
+                    "works": cells[best]["success"] >= SUCCESS_GOAL
+                    and cells[best]["leakage"] <= LEAKAGE_GOAL,
+                    "works_visible": cells[best]["success"] >= SUCCESS_GOAL
+                    and cells[best]["leakage_visible"] <= LEAKAGE_GOAL,
+                    "methods_within_10": all(top - c["success"] <= 0.10 for c in cells.values()),
+                    "success_by_method": {m: c["success"] for m, c in cells.items()},
+                    "leakage_by_method": {m: c["leakage"] for m, c in cells.items()},
+                }
+            )
+    return out, summary
 
 
 def _num(x: Any) -> float | None:
@@ -1559,6 +1648,7 @@ def _markdown(result: dict[str, Any], figures: dict[str, Any]) -> str:
             "",
             "Not evaluated: " + "; ".join(f"{a}: {w}" for a, w in result["skipped"].items()),
         ]
+    lines += calibrated_markdown(result)
     lines += ["", "## Per attribute", ""]
     strengths = st["strengths"]
     head = "| method | " + " | ".join(["0", *(f"{s:g}" for s in strengths)]) + " |"
@@ -1615,3 +1705,71 @@ def _markdown(result: dict[str, Any], figures: dict[str, Any]) -> str:
         lines += [f"![{m}]({f})" for m, f in figures["cosine"].items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def calibrated_markdown(result: dict[str, Any]) -> list[str]:
+    """The calibrated section of report.md: strength +1/-1 per attribute, best method, and
+    every method and blend."""
+    from conceptvae.calibration import LEAKAGE_GOAL, SUCCESS_GOAL
+
+    summary, cal = result.get("calibrated_summary"), result.get("calibrated")
+    if not summary:
+        return []
+    methods = result["settings"]["methods"]
+    works = sum(r["works"] for r in summary)
+    visible = sum(r["works_visible"] for r in summary)
+    lines = [
+        "",
+        "## Calibrated edits: strength +1 and -1",
+        "",
+        f"Each method's vectors calibrated on the valid split (strength 1: the smallest step "
+        f"at which 97% of valid faces are judged as wanted, with the `local` blend), then every "
+        f"attribute added (+1) and removed (-1) on {result['split']} faces. **Works**: success "
+        f">= {SUCCESS_GOAL:.0%} with leakage <= {LEAKAGE_GOAL:.0%}. **Leakage**: mean flip "
+        f"rate over the judged attributes whose labels correlate with the target by |r| < "
+        f"{result['settings']['correlated_r']}; **visible**: without those the target hides "
+        "(the judge's balanced accuracy on them among real faces with the target < 0.90). SSIM "
+        "outside: only where the vector's footprint does not reach.",
+        "",
+        f"{works} of {len(summary)} (attribute, direction) pairs work for their best method "
+        f"({visible} counting visible leakage only).",
+        "",
+        "| attribute | direction | best method | success | leakage | visible leakage | SSIM | "
+        "SSIM outside | works | every method within 10 points | success by method |",
+        "|---|---|---|---:|---:|---:|---:|---:|:---:|:---:|---|",
+    ]
+    for r in summary:
+        by = ", ".join(f"{m} {_f(v)}" for m, v in r["success_by_method"].items())
+        lines.append(
+            f"| {r['attribute']} | {r['direction']} | {r['best_method']} | {_f(r['success'])} | "
+            f"{_f(r['leakage'], 3)} | {_f(r['leakage_visible'], 3)} | {_f(r['ssim'], 3)} | "
+            f"{_f(r['ssim_outside'], 3)} | {'yes' if r['works'] else 'no'} | "
+            f"{'yes' if r['methods_within_10'] else 'no'} | {by} |"
+        )
+    blends = [b for b in ("local", "residual", "replace")
+              if any(b in (v["methods"][m].get("add") or {}) for v in cal.values()
+                     for m in v["methods"])]  # fmt: skip
+    lines += [
+        "",
+        "Every method and blend (success / leakage / SSIM outside the footprint):",
+        "",
+        "| attribute | direction | method | " + " | ".join(blends) + " | strength 1 (raw) |",
+        "|---|---|---|" + "---:|" * len(blends) + "---:|",
+    ]
+    for a, v in cal.items():
+        for d in ("add", "remove"):
+            for m in methods:
+                r = v["methods"].get(m, {}).get(d)
+                if r is None:
+                    continue
+                c = v["methods"][m]["calibration"]
+                unit = c["unit"] * (c["removal_scale"] if d == "remove" else 1.0)
+                cells = [
+                    f"{_f(r[b]['success'])} / {_f(r[b]['leakage'], 3)} / "
+                    f"{_f(r[b]['ssim_outside'], 3)}"
+                    for b in blends
+                ]
+                lines.append(f"| {a} | {d} | {m} | " + " | ".join(cells) + f" | {unit:.2f} |")
+        if v["hidden"]:
+            lines.append(f"| {a} | | hides: {', '.join(v['hidden'])} | |" + " |" * len(blends))
+    return lines

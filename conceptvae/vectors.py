@@ -9,6 +9,7 @@ attributes or another method does not encode the images again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from attributes.errors import VectorError
 from attributes.estimators import AttributeVectors, _resolve
 from attributes.report import Report, quality_report
 from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text
+from conceptvae.calibration import calibrate
+from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
 from conceptvae.model import ConceptVAE
@@ -32,6 +35,8 @@ REPORT_TEXT = "vectors_report.txt"
 REPORT_JSON = "vectors_report.json"
 HEATMAP = "vectors_cosine.png"
 METHODS = ("mean", "balanced", "classifier", "conditional")
+BEST_OF = ("mean", "balanced", "classifier")  # what --method best tries (with --condition: the
+# conditional method): per attribute, the one that works on the valid split, least leakage first
 
 
 @torch.inference_mode()
@@ -61,10 +66,19 @@ def encode_means(
     return out
 
 
+# meta.json entries that say when and how fast a cache was made, not what it holds
+_VOLATILE_META = ("created", "seconds", "images_per_s", "library_version", "resumed")
+
+
 def data_key(cache: PreparedCache) -> str:
-    """16 hex digits naming a prepared cache's contents (its meta.json and its length)."""
-    meta = (Path(cache.path) / "meta.json").read_bytes()
-    return hashlib.sha256(meta + str(len(cache)).encode()).hexdigest()[:16]
+    """16 hex digits naming a prepared cache's contents: its meta.json without the entries
+    that change when the same data is prepared again (time, speed), its length and labels. The
+    same data prepared twice gets the same key, so its latents and judge are reused."""
+    meta = {k: v for k, v in cache.meta.items() if k not in _VOLATILE_META}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    h.update(str(len(cache)).encode())
+    h.update(np.ascontiguousarray(np.asarray(cache.labels)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def split_latents(
@@ -142,11 +156,22 @@ def fit_vectors(
     label_source: str | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    judge: Any = None,
+    judge_factory: Any = None,
+    blend: str = "local",
+    n_faces: int = 200,
 ) -> tuple[VectorBank, Report]:
-    """Fit concept vectors on the train split's posterior means and judge them on valid/test.
+    """Fit concept vectors on the train split's posterior means, put them on one strength
+    scale and judge them on valid/test.
 
-    Returns the new vectors as a bank (provenance in its metadata) and a :class:`Report`
-    (held-out AUC, norms, cosines, confounds). Nothing is written except the latent cache.
+    With ``judge`` (:class:`~conceptvae.evaluate.Judge`, trained on the same labels), each
+    vector is calibrated on the held-out split (:func:`conceptvae.calibration.calibrate`):
+    strength 1 adds the attribute to 97% of held-out faces as edited with ``blend``, -1 removes
+    it; without one, or for attributes the judge cannot see, the uncalibrated latent scale
+    applies (``judge_factory``: a function making the judge, called only when it is needed).
+    Every vector gets its footprint. Returns the new vectors as a bank (provenance and
+    calibration in its metadata) and a :class:`Report` (held-out AUC, norms, cosines,
+    confounds, problems). Nothing is written except the latent cache.
     """
     if not cache.attr_names:
         raise DataError(
@@ -166,7 +191,8 @@ def fit_vectors(
     for a in condition:
         if attributes is not None and a in attributes and len(attributes) == 1:
             raise VectorError(f"{a} is both the attribute and a condition: condition it on others")
-    make_estimator(method, attributes, condition)
+    if method != "best":
+        make_estimator(method, attributes, condition)
     model_hash = vae.model_hash()
     common = {"batch_size": batch_size, "progress": progress, "model_hash": model_hash}
     idx, z = split_latents(vae, cache, "train", run, **common)
@@ -183,31 +209,148 @@ def fit_vectors(
         attributes = [n for n in names if n not in one_class and n not in (condition or [])]
         if not attributes:
             raise DataError(f"no label of {cache.path} has both classes in its train split")
-    est = make_estimator(method, attributes, condition).fit(z, y, names)
-    bank = VectorBank.from_estimator(
-        est,
-        label_source=label_source or str(cache.meta.get("source", cache.path)),
-        model_hash=model_hash,
-        config_hash=vae.config.config_hash(),
-        data=str(cache.path),
-        data_key=data_key(cache),
-    )
+    provenance = {
+        "label_source": label_source or str(cache.meta.get("source", cache.path)),
+        "model_hash": model_hash,
+        "config_hash": vae.config.config_hash(),
+        "data": str(cache.path),
+        "data_key": data_key(cache),
+    }
+    if method == "best" and condition:  # held fixed, as asked: the conditional method
+        plans = {"conditional": ("mean", condition)}
+    elif method == "best":  # each candidate on its own
+        plans = {m: (m, None) for m in BEST_OF}
+    else:
+        plans = {method: (method, condition)}
+    fitted = {
+        m: VectorBank.from_estimator(
+            make_estimator(how, attributes, cond).fit(z, y, names), **provenance
+        )
+        for m, (how, cond) in plans.items()
+    }
     held = _heldout_split(cache)
     if held is None:  # no held-out images: judge on the fitting images and say so
         held_idx, held_z = idx, z
     else:
         held_idx, held_z = split_latents(vae, cache, held, run, **common)
-    report = quality_report(
-        bank,
-        None,
-        held_z,
-        np.asarray(cache.labels[held_idx]),
-        names,
-        train_labels=y,
-    )
+    held_y = np.asarray(cache.labels[held_idx])
+    if judge is None and judge_factory is not None and held is not None:
+        judge = judge_factory()  # only now: a typo or a bad label fails before it trains
+    banks = {
+        m: _calibrated(
+            vae,
+            b,
+            judge if held is not None else None,
+            cache,
+            names,
+            held_idx,
+            held_z,
+            held_y,
+            z,
+            y,
+            blend=blend,
+            n_faces=n_faces,
+            progress=progress,
+        )  # fmt: skip
+        for m, b in fitted.items()
+    }
+    bank = _best_of(banks) if len(banks) > 1 else next(iter(banks.values()))
+    report = quality_report(bank, None, held_z, held_y, names, train_labels=y)
+    for name, record in bank.metadata.get("calibration", {}).items():
+        found = calibration_problems(record)
+        if found:
+            report.problems[name] = [*report.problems.get(name, []), *found]
+    if report.flagged:  # saved with the vectors: an edit with one of them says so
+        meta = bank.metadata
+        meta["problems"] = {n: list(report.problems[n]) for n in report.flagged}
+        bank = VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+                          footprints=bank.footprints)  # fmt: skip
     if held is None:
         report.notes["_split"] = "no valid or test images: AUC measured on the fitting images"
     return bank, report
+
+
+def _best_of(banks: dict[str, VectorBank]) -> VectorBank:
+    """Per attribute, the method whose calibrated vector works (both directions reach the
+    target on the valid split) with the least leakage at +/-1; failing that, the one with the
+    best success. The bank's metadata says which method made each vector."""
+
+    def score(record: dict[str, Any]) -> tuple:
+        dirs = [record[d] for d in ("add", "remove") if record.get(d)]
+        if record.get("scale") != "judge" or not dirs:
+            return (0, 0.0, 0.0)
+        reached = all(r["reached"] for r in dirs)
+        leak = float(np.mean([r["leakage_at_1"] or 0.0 for r in dirs]))
+        success = min(r["success_at_1"] or 0.0 for r in dirs)
+        return (1, -leak, success) if reached else (0, success, -leak)
+
+    first = next(iter(banks.values()))
+    vectors, footprints, chosen = {}, {}, {}
+    for name in first.names:
+        cal = {m: b.metadata["calibration"][name] for m, b in banks.items()}
+        best = max(banks, key=lambda m: score(cal[m]))
+        chosen[name] = best
+        vectors[name] = banks[best][name]
+        footprints[name] = banks[best].footprints[name]
+    meta = first.metadata
+    meta["method"] = "best"
+    meta["methods"] = chosen
+    for key in ("calibration", "removal_scale", "norms", "counts", "effective_counts",
+                "coverage", "confounders"):  # fmt: skip
+        meta[key] = {
+            n: banks[m].metadata.get(key, {})[n]
+            for n, m in chosen.items()
+            if n in banks[m].metadata.get(key, {})
+        }
+    return VectorBank(vectors, metadata=meta, footprints=footprints)
+
+
+def _calibrated(
+    vae, fitted, judge, cache, names, held_idx, held_z, held_y, z, y, *, blend, n_faces,
+    progress,
+) -> VectorBank:  # fmt: skip
+    """``fitted`` put on the calibrated scale (the latent scale without a judge), with
+    footprints, removal scales and the calibration record in its metadata."""
+    if judge is None:  # a judge that sees nothing: every vector gets the latent scale
+        judge = _BlindJudge()
+    cal = calibrate(
+        vae, judge, {n: fitted[n] for n in fitted.names},
+        faces=cache.batch, held_idx=held_idx, held_z=held_z, held_labels=held_y, names=names,
+        train_z=z, train_labels=y, blend=blend, n_faces=n_faces, progress=progress,
+    )  # fmt: skip
+    meta = fitted.metadata
+    meta["calibration"] = _plain(cal["calibration"])
+    meta["removal_scale"] = cal["removal_scale"]
+    meta["norms"] = {n: float(np.linalg.norm(v)) for n, v in cal["vectors"].items()}
+    return VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
+
+
+class _BlindJudge:
+    """Stands in for a judge when there is none: it sees no attribute."""
+
+    names: list[str] = []
+    accuracy: dict[str, float] = {}
+
+    def judged(self, min_accuracy: float = 0.0) -> list[str]:
+        return []
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: numpy numbers and arrays become Python numbers and lists."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+_PER_VECTOR = ("effective_counts", "coverage", "confounders", "calibration", "problems")
 
 
 def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
@@ -219,24 +362,54 @@ def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
     meta = new.metadata
     info = {
         name: {
-            "method": meta.get("method"),
+            "method": meta.get("methods", {}).get(name, meta.get("method")),
             "label_source": meta.get("label_source"),
             "counts": meta.get("counts", {}).get(name),
             "norm": meta.get("norms", {}).get(name),
             **({"condition": meta["condition"]} if "condition" in meta else {}),
+            **{
+                key: meta[key][name]
+                for key in _PER_VECTOR
+                if isinstance(meta.get(key), dict) and name in meta[key]
+            },
         }
         for name in new.names
     }
     if old is None or old.metadata.get("model_hash") != meta.get("model_hash"):
-        return VectorBank({n: new[n] for n in new.names}, metadata={**meta, "vectors": info})
+        return VectorBank(
+            {n: new[n] for n in new.names},
+            metadata={**meta, "vectors": info},
+            footprints=new.footprints,
+        )
     vectors = {n: old[n] for n in old.names if n not in new}
     vectors.update({n: new[n] for n in new.names})
-    merged = {**old.metadata.get("vectors", {}), **info}
+    old_meta = old.metadata
+    old_info = old_meta.get("vectors", {})
+    for n in old.names:  # a bank saved straight from fit_vectors has no per-vector entry
+        if n not in old_info:
+            old_info[n] = {
+                "method": old_meta.get("methods", {}).get(n, old_meta.get("method")),
+                "label_source": old_meta.get("label_source"),
+                "counts": old_meta.get("counts", {}).get(n),
+                "norm": old_meta.get("norms", {}).get(n),
+                **{k: old_meta[k][n] for k in _PER_VECTOR
+                   if isinstance(old_meta.get(k), dict) and n in old_meta[k]},
+            }  # fmt: skip
+    merged = {**old_info, **info}
     merged = {n: merged[n] for n in vectors if n in merged}
     out_meta = {**meta, "vectors": merged}
     out_meta["counts"] = {n: v.get("counts") for n, v in merged.items()}
     out_meta["norms"] = {n: v.get("norm") for n, v in merged.items()}
-    return VectorBank(vectors, metadata=out_meta)
+    for key in _PER_VECTOR:
+        out_meta[key] = {n: v[key] for n, v in merged.items() if key in v}
+    removal = {n: r for n, r in old.metadata.get("removal_scale", {}).items() if n not in new}
+    removal.update(meta.get("removal_scale", {}))
+    out_meta["removal_scale"] = {n: r for n, r in removal.items() if n in vectors}
+    if not out_meta["removal_scale"]:
+        del out_meta["removal_scale"]
+    footprints = {n: f for n, f in old.footprints.items() if n not in new}
+    footprints.update(new.footprints)
+    return VectorBank(vectors, metadata=out_meta, footprints=footprints)
 
 
 def load_bank(run: str | os.PathLike) -> VectorBank | None:
@@ -269,4 +442,48 @@ def describe_bank(bank: VectorBank) -> str:
         method = v.get("method") or meta.get("method", "?")
         norm = float(np.linalg.norm(bank[name]))
         lines.append(f"{name:<22} {method:<12} {norm:>7.3f} {counts[0]:>10} {counts[1]:>10}")
+    return "\n".join(lines)
+
+
+def describe_calibration(bank: VectorBank) -> str:
+    """What strength 1 does for each vector of ``bank``: its scale (judge-calibrated or
+    latent), and adding / removing at +1 / -1 on held-out faces: success, leakage, the
+    strengths reaching 90% and 95%; the share of the face its footprint covers."""
+    cal: dict[str, Any] = bank.metadata.get("calibration", {})
+    if not cal:
+        return "no calibration recorded: strengths are on the scale the vectors were fitted on"
+    lines = [
+        "strength 1 is recommended for every vector (`--edit NAME` with no number); on the judge "
+        "scale +1 adds it to 97% of held-out faces and -1 removes it",
+        f"{'name':<20} {'scale':<6} {'add: success':>12} {'leak':>6} {'90%':>5} {'95%':>5}  "
+        f"{'remove: success':>15} {'leak':>6} {'90%':>5} {'95%':>5} {'area':>5}",
+    ]
+
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for name in bank.names:
+        c = cal.get(name)
+        if c is None:
+            continue
+        cells = []
+        for d in ("add", "remove"):
+            r = c.get(d) or {}
+            cells += [
+                f(r.get("success_at_1"), ".0%"),
+                f(r.get("leakage_at_1"), ".1%"),
+                f(r.get("strength_90"), ".2f"),
+                f(r.get("strength_95"), ".2f"),
+            ]
+        lines.append(
+            f"{name:<20} {c.get('scale', '?'):<6} {cells[0]:>12} {cells[1]:>6} {cells[2]:>5} "
+            f"{cells[3]:>5}  {cells[4]:>15} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} "
+            f"{f(c.get('footprint_area'), '.0%'):>5}"
+        )
+    latent = [n for n in bank.names if cal.get(n, {}).get("scale") == "latent"]
+    if latent:
+        lines.append(
+            f"uncalibrated (latent scale, strength 1 = 1.5 x the class-mean gap): "
+            f"{', '.join(latent)}"
+        )
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def fresh_run(data, tmp_path, name="run"):
 
 def test_vectors_are_the_mean_difference_of_the_models_posterior_means(data, tmp_path):
     run_dir = fresh_run(data, tmp_path)
-    r = run("vectors", run_dir, data / "cache")
+    r = run("vectors", run_dir, data / "cache", "--no-calibrate", "--method", "mean")
     assert r.exit_code == 0, r.output
     assert "skipping 1 labels with only one class" in r.stderr and "Never" in r.stderr
     bank = VectorBank.load(run_dir, model_hash=ConceptVAE.from_pretrained(run_dir).model_hash())
@@ -85,11 +85,17 @@ def test_vectors_are_the_mean_difference_of_the_models_posterior_means(data, tmp
     with torch.no_grad():
         z = vae.encode(cache.batch(idx)).mean.double().numpy()
     y = np.asarray(cache.labels[idx])
+    meta = json.loads((run_dir / "vectors.json").read_text())
     for j, name in enumerate(cache.attr_names[:2]):
         want = z[y[:, j] == 1].mean(0) - z[y[:, j] == 0].mean(0)
-        np.testing.assert_allclose(bank[name], want, atol=1e-5)
+        # no judge here: the latent scale, 1.5 x the class-mean gap along the vector, which
+        # for the mean difference itself is 1.5 x the vector
+        cal = meta["metadata"]["calibration"][name]
+        assert cal["scale"] == "latent"
+        assert cal["unit"] == pytest.approx(1.5, rel=1e-5)
+        np.testing.assert_allclose(bank[name], 1.5 * want, atol=1e-5)
+        assert bank.footprints[name].shape == (S, S) and bank.footprints[name].max() > 0
 
-    meta = json.loads((run_dir / "vectors.json").read_text())
     assert meta["metadata"]["method"] == "mean"
     assert meta["metadata"]["counts"]["Bright"] == [int((y[:, 0] == 0).sum()), int(y[:, 0].sum())]
     for f in (V.REPORT_TEXT, V.REPORT_JSON, V.HEATMAP):

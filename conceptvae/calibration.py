@@ -1,0 +1,549 @@
+"""What a strength means: footprints, edits in the crop, and strengths calibrated with a judge.
+
+A concept vector fitted from labels has no natural length: the mean difference, a balanced
+difference and a classifier direction differ in length, and the strength that makes an attribute
+show differs from one attribute to the next (from under 1 to over 3 on the mean-difference
+scale). This module gives every vector one scale:
+
+    strength 1 = the attribute is there, clearly: the smallest step at which at least
+    ``CALIBRATION_TARGET`` (97%) of held-out faces without it are judged to have it, edited as
+    ``conceptvae edit`` edits them (blend included); strength -1 = it is gone, clearly, from
+    the same share of faces with it.
+
+``calibrate`` measures this with the attribute judge (:mod:`conceptvae.evaluate`) on the valid
+split, which neither the vectors nor the judge's weights were fitted on, and returns the vectors
+rescaled (a bank's removal scale holds the ratio of the removing step to the adding step) with a
+record of the strengths reaching 90% and 95% and the leakage there. Without a judge, or for an
+attribute the judge cannot see, :func:`latent_scale` sets a documented scale from latent
+statistics alone and the vector is marked uncalibrated.
+
+**Footprints.** A vector's footprint is the mean absolute change per pixel (over faces and
+channels) of decoding ``z + v`` instead of ``z``: where on the face the vector acts. The ``local``
+blend uses it: inside the footprint the edited face is the decoded one (so a sharp smile or
+fringe of the photo cannot survive its removal), outside it the photo's own pixels stay (so a
+smile does not repaint the hair); in between it fades. :func:`crop_edit` is that edit on aligned
+crops, the same arithmetic :class:`~conceptvae.edit.EditPipeline` does in the photo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from attributes.estimators import _correlations
+
+BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
+CALIBRATION_TARGET = 0.97  # strength 1: this share of held-out faces judged as wanted
+REPORTED_TARGETS = (0.90, 0.95)
+# latent steps tried, in units of the vector as fitted; the search stops once the target holds
+CALIBRATION_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0)
+LATENT_SCALE = 1.5  # uncalibrated: strength 1 = 1.5 x the class-mean difference along v
+CORRELATED = 0.3  # other labels with |r| >= this to the target may rightly change with it
+FOOTPRINT_LEVEL = 0.5  # a pixel is fully inside the footprint at this share of its peak change
+FOOTPRINT_FACES = 256
+NO_EFFECT = 2.0 / 255  # a footprint whose peak change is below this: the vector does nothing
+
+
+# ----------------------------------------------------------------------------- footprints
+
+
+@torch.inference_mode()
+def footprint(vae: Any, z: np.ndarray | torch.Tensor, vector: Any, *, batch_size: int = 256):
+    """(S, S) float32: mean |D(z + vector) - D(z)| over the faces ``z`` (N, D) and channels."""
+    z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+    v = torch.as_tensor(np.asarray(vector), dtype=torch.float32).to(vae.device)
+    total = None
+    for k in range(0, z.shape[0], batch_size):
+        zb = z[k : k + batch_size].to(vae.device)
+        d = (_decode(vae, zb + v) - _decode(vae, zb)).abs().mean(1).sum(0)  # (S, S)
+        total = d if total is None else total + d
+    return (total / max(z.shape[0], 1)).cpu().numpy().astype(np.float32)
+
+
+def footprint_weight(fp: np.ndarray | torch.Tensor, level: float = FOOTPRINT_LEVEL) -> torch.Tensor:
+    """(S, S) float32 in [0, 1] from a footprint: 1 where the change reaches ``level`` of its
+    peak (the 99th percentile), fading smoothly to 0 where nothing changes, and to 0 on the
+    crop's outermost pixels (so the crop's edge never shows in a photo)."""
+    m = torch.tensor(np.asarray(fp, dtype=np.float32))
+    peak = float(torch.quantile(m.flatten(), 0.99))
+    if peak <= 0:
+        return torch.zeros_like(m)
+    t = (m / (level * peak)).clamp(0, 1)
+    t = t * t * (3 - 2 * t)
+    t = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(t[None, None], (1, 1, 1, 1), mode="replicate"), 3, 1
+    )[0, 0]
+    t[0, :] = t[-1, :] = 0
+    t[:, 0] = t[:, -1] = 0
+    return t
+
+
+def combined_weight(weights: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor | None:
+    """The footprint weight of an expression: the union (max) of its terms' weights, each
+    scaled by min(1, |coefficient|). None when there is no term."""
+    out = None
+    for coef, w in weights:
+        w = w * min(1.0, abs(float(coef)))
+        out = w if out is None else torch.maximum(out, w)
+    return out
+
+
+# ----------------------------------------------------------------------------- the edit
+
+
+def crop_edit(
+    x: torch.Tensor,
+    d0: torch.Tensor,
+    d1: torch.Tensor,
+    blend: str,
+    *,
+    weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The edited crops (B, 3, S, S) in [0, 1] as ``conceptvae edit`` makes them.
+
+    ``x``: the faces (B, 3, S, S); ``d0``/``d1``: D(z) and D(z + step); ``weight``: the edit's
+    footprint weight (S, S) (``local``); ``mask``: the face mask (S, S) (``residual``,
+    ``replace``; None: the whole crop).
+
+    - ``residual``: x + mask * (d1 - d0): the photo keeps its own detail.
+    - ``replace``: x + mask * (d1 - x): the decoded face itself.
+    - ``local``: x + w * ((d1 - d0) + w * (d0 - x)): inside the footprint the decoded face,
+      outside it the photo, the residual change in between.
+    """
+    if blend == "local":
+        if weight is None:
+            raise ValueError("the local blend needs the edit's footprint weight")
+        w = weight.to(x.device)
+        out = x + w * ((d1 - d0) + w * (d0 - x))
+    elif blend == "residual":
+        m = 1.0 if mask is None else mask.to(x.device)
+        out = x + m * (d1 - d0)
+    elif blend == "replace":
+        m = 1.0 if mask is None else mask.to(x.device)
+        out = x + m * (d1 - x)
+    else:
+        raise ValueError(f"unknown blend {blend!r}: use one of {', '.join(BLENDS)}")
+    return out.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- scales
+
+
+def latent_scale(z: np.ndarray, y: np.ndarray, vector: np.ndarray) -> float:
+    """The uncalibrated scale: the factor making strength 1 a step of ``LATENT_SCALE`` times
+    the class-mean difference of the latents ``z`` (N, D) projected on ``vector``'s direction,
+    for 0/1 labels ``y`` (N,). A vector as long as that difference (the mean method) gets
+    ``LATENT_SCALE``; a shorter one (balanced, classifier) more."""
+    v = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(v))
+    y = np.asarray(y).astype(bool)
+    if norm == 0 or y.all() or not y.any():
+        return 1.0
+    p = np.asarray(z, dtype=np.float64) @ (v / norm)
+    gap = float(p[y].mean() - p[~y].mean())
+    if not math.isfinite(gap) or gap <= 0:
+        return 1.0
+    return LATENT_SCALE * gap / norm
+
+
+def strength_for(
+    strengths: Sequence[float], success: Sequence[float], baseline: float, target: float
+) -> float | None:
+    """The smallest strength where the success curve ``(0, baseline), (s_i, success_i)``
+    first reaches ``target``, by linear interpolation; None if it never does."""
+    xs = [0.0, *map(float, strengths)]
+    ys = [float(baseline), *map(float, success)]
+    if ys[0] >= target:
+        return 0.0
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y1 >= target:
+            return x0 + (target - y0) / (y1 - y0) * (x1 - x0)
+    return None
+
+
+def read_at(strengths: Sequence[float], values: Sequence[float], at: float | None, at_zero: float):
+    """``values`` over ``strengths`` (``at_zero`` at 0) read at ``at`` by linear
+    interpolation; None when ``at`` is None."""
+    if at is None:
+        return None
+    return float(np.interp(at, [0.0, *map(float, strengths)], [at_zero, *map(float, values)]))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@torch.inference_mode()
+def _decode(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    return vae.decode(z.to(vae.device)).float().clamp(0, 1)
+
+
+class EditProbe:
+    """Edits a fixed set of faces along a direction and asks the judge about them.
+
+    ``faces`` (B, 3, S, S) in [0, 1] and their posterior means ``z`` (B, D); ``target`` the
+    judge's column of the attribute, ``others`` the columns whose flips count as leakage;
+    ``adding``: success means judged positive (else judged negative).
+    """
+
+    def __init__(
+        self,
+        vae: Any,
+        judge: Any,
+        faces: torch.Tensor,
+        z: torch.Tensor,
+        *,
+        target: int,
+        others: Sequence[int],
+        adding: bool,
+        blend: str,
+        mask: torch.Tensor | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        self.vae, self.judge = vae, judge
+        self.faces, self.z = faces, z
+        self.target, self.others, self.adding = target, list(others), adding
+        self.blend, self.mask, self.batch_size = blend, mask, batch_size
+        self.d0 = torch.cat(
+            [_decode(vae, z[k : k + batch_size]).cpu() for k in range(0, z.shape[0], batch_size)]
+        )
+        self.before = judge.decide(faces).cpu()
+        self.baseline = self._success(self.before)
+
+    def _success(self, verdicts: torch.Tensor) -> float:
+        hit = verdicts[:, self.target] if self.adding else ~verdicts[:, self.target]
+        return float(hit.float().mean()) if hit.numel() else float("nan")
+
+    @torch.inference_mode()
+    def at(self, step: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, Any]:
+        """Success, leakage (mean flip rate over ``others``, and per other), SSIM to the
+        unedited faces of the edit ``z + step``."""
+        from conceptvae.evaluate import ssim
+
+        verdicts, sims = [], []
+        for k in range(0, self.z.shape[0], self.batch_size):
+            sl = slice(k, k + self.batch_size)
+            d1 = _decode(self.vae, self.z[sl] + step[None]).cpu()
+            img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
+                            mask=self.mask)  # fmt: skip
+            verdicts.append(self.judge.decide(img).cpu())
+            sims.append(ssim(img, self.faces[sl]).cpu())
+        v = torch.cat(verdicts)
+        flips = (v[:, self.others] != self.before[:, self.others]).float().mean(0)
+        return {
+            "success": self._success(v),
+            "leakage": float(flips.mean()) if flips.numel() else 0.0,
+            "flips": flips.tolist(),
+            "ssim": float(torch.cat(sims).mean()),
+        }
+
+
+def independent_columns(
+    judge: Any, names: Sequence[str], train_labels: np.ndarray, attribute: str, judged: list[str]
+) -> list[int]:
+    """The judge's columns of judged attributes whose labels correlate with ``attribute`` by
+    |r| < ``CORRELATED`` on the train split: the ones an edit should leave alone."""
+    r = _correlations(np.asarray(train_labels))
+    t = list(names).index(attribute)
+    return [
+        judge.names.index(n)
+        for n in judged
+        if n != attribute and abs(r[t, list(names).index(n)]) < CORRELATED
+    ]
+
+
+# ----------------------------------------------------------------------------- calibrating
+
+
+def _walk(probe: EditProbe, vector: torch.Tensor, sign: float, weight, target: float):
+    """Success, leakage and SSIM along ``CALIBRATION_GRID`` until the target holds twice."""
+    curve: dict[str, list[float]] = {"strength": [], "success": [], "leakage": [], "ssim": []}
+    for s in CALIBRATION_GRID:
+        res = probe.at(sign * s * vector, weight)
+        curve["strength"].append(s)
+        for key in ("success", "leakage", "ssim"):
+            curve[key].append(res[key])
+        if len(curve["success"]) >= 2 and min(curve["success"][-2:]) >= target:
+            break
+    return curve
+
+
+def _summary(curve: dict[str, list[float]], baseline: float, unit: float, target: float):
+    """A direction's record on the calibrated scale (``unit``: the raw step of strength 1)."""
+    g, succ = curve["strength"], curve["success"]
+    out: dict[str, Any] = {"baseline": baseline}
+    for t in (*REPORTED_TARGETS, target):
+        s = strength_for(g, succ, baseline, t)
+        key = f"strength_{round(100 * t)}"
+        out[key] = None if s is None else s / unit
+        out[f"leakage_{round(100 * t)}"] = read_at(g, curve["leakage"], s, 0.0)
+    out["success_at_1"] = read_at(g, succ, unit, baseline)
+    out["leakage_at_1"] = read_at(g, curve["leakage"], unit, 0.0)
+    out["ssim_at_1"] = read_at(g, curve["ssim"], unit, 1.0)
+    out["reached"] = out[f"strength_{round(100 * target)}"] is not None
+    out["curve"] = {
+        "strength": [s / unit for s in g],
+        **{k: curve[k] for k in ("success", "leakage", "ssim")},
+    }
+    return out
+
+
+def calibrate(
+    vae: Any,
+    judge: Any,
+    vectors: dict[str, np.ndarray],
+    *,
+    faces: Any,
+    held_idx: np.ndarray,
+    held_z: np.ndarray,
+    held_labels: np.ndarray,
+    names: Sequence[str],
+    train_z: np.ndarray,
+    train_labels: np.ndarray,
+    blend: str = "local",
+    n_faces: int = 200,
+    target: float = CALIBRATION_TARGET,
+    min_accuracy: float = 0.90,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Put every vector on the calibrated scale.
+
+    ``vectors``: name -> (D,) as fitted; ``faces(indices)`` -> (B, 3, S, S) images of the
+    held-out split whose rows ``held_idx`` have posterior means ``held_z`` and labels
+    ``held_labels`` (columns ``names``); the train split's ``train_z``/``train_labels`` give
+    footprints, correlations and the uncalibrated scale. Up to ``n_faces`` held-out faces
+    without (with) each attribute are edited to add (remove) it with ``blend``.
+
+    Returns ``{"vectors": name -> scaled (D,) float32, "removal_scale": name -> float,
+    "footprints": name -> (S, S), "calibration": name -> record}``. A record says ``scale``
+    ("judge" or "latent"), the raw ``unit`` of strength 1, and per direction (``add``,
+    ``remove``) the strengths reaching 90%, 95% and the target on the calibrated scale, the
+    leakage there, success/leakage/SSIM at strength 1 and the curve measured.
+    """
+    from tqdm.auto import tqdm
+
+    names = list(names)
+    judged = [n for n in judge.judged(min_accuracy) if n in names]
+    S = vae.config.image_size
+    out: dict[str, Any] = {"vectors": {}, "removal_scale": {}, "footprints": {}, "calibration": {}}
+    rng = np.random.default_rng([seed, 3])
+    foot_z = train_z[np.sort(rng.permutation(train_z.shape[0])[:FOOTPRINT_FACES])]
+    bar = tqdm(total=len(vectors), desc="calibrating", unit="vector", disable=not progress,
+               leave=False)  # fmt: skip
+    with bar:
+        for name, raw in vectors.items():
+            v = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+            t = names.index(name)
+            record: dict[str, Any] = {"target": target, "blend": blend}
+            fp = footprint(vae, foot_z, v)
+            if name not in judged:
+                acc = getattr(judge, "accuracy", {}).get(name)
+                unit = latent_scale(train_z, train_labels[:, t], raw)
+                record.update(
+                    scale="latent",
+                    unit=unit,
+                    reason=(
+                        f"the judge cannot see {name} (balanced accuracy "
+                        f"{'n/a' if acc is None else f'{acc:.2f}'} < {min_accuracy:.2f}): "
+                        f"strength 1 is {LATENT_SCALE:g} x the class-mean gap along the vector"
+                    ),
+                )
+                removal = 1.0
+            else:
+                weight = footprint_weight(fp) if blend == "local" else None
+                mask = None
+                if blend != "local":
+                    from conceptvae.data import Frame
+                    from conceptvae.faces import face_mask
+
+                    crop = getattr(vae.config, "crop", None) or 148.0
+                    mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
+                others = independent_columns(judge, names, train_labels, name, judged)
+                col = judge.names.index(name)
+                curves, baselines = {}, {}
+                for direction, label, sign in (("add", 0, 1.0), ("remove", 1, -1.0)):
+                    rows = np.flatnonzero(held_labels[:, t] == label)
+                    rows = np.sort(rng.permutation(rows)[:n_faces])
+                    if rows.size == 0:
+                        continue
+                    probe = EditProbe(
+                        vae, judge, faces(held_idx[rows]), torch.from_numpy(held_z[rows]).float(),
+                        target=col, others=others, adding=label == 0, blend=blend, mask=mask,
+                    )  # fmt: skip
+                    curves[direction] = _walk(probe, v, sign, weight, target)
+                    baselines[direction] = probe.baseline
+                units = {}
+                for d, c in curves.items():
+                    s = strength_for(c["strength"], c["success"], baselines[d], target)
+                    if s is None:  # never reached: the strength of the best success measured
+                        s = c["strength"][int(np.argmax(c["success"]))]
+                    units[d] = max(s, 1e-3)
+                unit = units.get("add", units.get("remove", 1.0))
+                removal = units.get("remove", unit) / unit
+                record.update(scale="judge", unit=unit, judge_accuracy=judge.accuracy.get(name))
+                for d, c in curves.items():
+                    record[d] = _summary(c, baselines[d], units[d], target)
+                    record[d]["n_faces"] = int(
+                        min(n_faces, int((held_labels[:, t] == (d == "remove")).sum()))
+                    )
+            scaled = (np.asarray(raw, dtype=np.float64) * record["unit"]).astype(np.float32)
+            out["vectors"][name] = scaled
+            out["removal_scale"][name] = float(removal)
+            fp1 = footprint(vae, foot_z, scaled)
+            out["footprints"][name] = fp1
+            record["footprint_peak"] = float(np.quantile(fp1, 0.99))
+            record["footprint_area"] = float((footprint_weight(fp1) > 0.5).float().mean())
+            out["calibration"][name] = record
+            bar.update(1)
+    return out
+
+
+def problems(record: dict[str, Any]) -> list[str]:
+    """What is wrong with a calibrated vector, each with what to do (empty: nothing)."""
+    out = []
+    if record.get("footprint_peak", 1.0) < NO_EFFECT:
+        out.append(
+            f"decoding it changes almost nothing (peak change {255 * record['footprint_peak']:.1f}"
+            "/255 per pixel at strength 1): the model may not draw this attribute; check its "
+            "held-out AUC, label more faces or use the mean method"
+        )
+    if record.get("scale") == "judge":
+        for d in ("add", "remove"):
+            r = record.get(d)
+            if r is not None and not r["reached"]:
+                best = max(r["curve"]["success"]) if r["curve"]["success"] else 0.0
+                out.append(
+                    f"{'adding' if d == 'add' else 'removing'} it reaches only {best:.0%} of "
+                    f"faces (target {record['target']:.0%}): strength 1 is its best; expect it "
+                    "to fail on some faces"
+                )
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring edits
+
+SUCCESS_GOAL = 0.95  # what "works" means in the tables: this success ...
+LEAKAGE_GOAL = 0.02  # ... with at most this leakage, at strength 1
+OCCLUDED_ACCURACY = 0.90  # the judge tells an attribute this well on faces with the target
+
+
+@torch.inference_mode()
+def occluded(
+    judge: Any, faces: Any, idx: np.ndarray, labels: np.ndarray, names: Sequence[str],
+    judged: list[str], min_accuracy: float = OCCLUDED_ACCURACY, batch_size: int = 512,
+) -> dict[str, list[str]]:  # fmt: skip
+    """Per judged attribute ``t``: the other judged attributes the judge cannot tell (balanced
+    accuracy < ``min_accuracy``, labels as truth) on real faces that have ``t``: what ``t``
+    hides (glasses hide narrow eyes, a fringe hides the hairline). A flip of those after an
+    edit that adds or removes ``t`` is not a change the judge can vouch for."""
+    names = list(names)
+    cols = [judge.names.index(n) for n in judged]
+    verdicts = torch.cat(
+        [judge.decide(faces(idx[k : k + batch_size]))[:, cols].cpu()
+         for k in range(0, idx.size, batch_size)]
+    ).numpy()  # fmt: skip
+    lab = labels[:, [names.index(n) for n in judged]].astype(bool)
+    out: dict[str, list[str]] = {}
+    for i, t in enumerate(judged):
+        rows = lab[:, i]
+        hidden = []
+        for j, o in enumerate(judged):
+            if j == i:
+                continue
+            y, p = lab[rows, j], verdicts[rows, j]
+            if y.sum() < 10 or (~y).sum() < 10:
+                continue  # too few faces with t to tell
+            acc = 0.5 * (p[y].mean() + (~p[~y]).mean())
+            if acc < min_accuracy:
+                hidden.append(o)
+        out[t] = hidden
+    return out
+
+
+def _outside_ssim(img: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> float:
+    """SSIM of the edit to the face where the footprint does not reach (inside it, the edit
+    is set back to the face, so only changes outside count)."""
+    from conceptvae.evaluate import ssim
+
+    if weight is None:
+        return float(ssim(img, x).mean())
+    inside = (weight > 0.05).to(img.dtype)
+    return float(ssim(img * (1 - inside) + x * inside, x).mean())
+
+
+@torch.inference_mode()
+def measure_edits(
+    vae: Any,
+    judge: Any,
+    cal: dict[str, Any],
+    attribute: str,
+    *,
+    faces: Any,
+    idx: np.ndarray,
+    z: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    train_labels: np.ndarray,
+    judged: list[str],
+    hidden: Sequence[str] = (),
+    blends: Sequence[str] = BLENDS,
+    n_faces: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Success, leakage and SSIM of the calibrated vector of ``attribute`` (``cal`` from
+    :func:`calibrate`) at strength +1 (faces without it) and -1 (faces with it), per blend,
+    on up to ``n_faces`` faces of a split (``idx``/``z``/``labels``). Leakage is given over all
+    independent judged attributes (``leakage``) and without those ``hidden`` by the target
+    (``leakage_visible``); ``ssim_outside`` compares only where the footprint does not reach."""
+    from conceptvae.data import Frame
+    from conceptvae.faces import face_mask
+
+    names = list(names)
+    t = names.index(attribute)
+    S = vae.config.image_size
+    crop = getattr(vae.config, "crop", None) or 148.0
+    mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
+    v = torch.as_tensor(cal["vectors"][attribute])
+    weight = footprint_weight(cal["footprints"][attribute])
+    others = independent_columns(judge, names, train_labels, attribute, judged)
+    visible = [c for c in others if judge.names[c] not in set(hidden)]
+    col = judge.names.index(attribute)
+    rng = np.random.default_rng([seed, 4, t])
+    out: dict[str, Any] = {}
+    for direction, label, step in (
+        ("add", 0, v),
+        ("remove", 1, -cal["removal_scale"][attribute] * v),
+    ):
+        rows = np.sort(rng.permutation(np.flatnonzero(labels[:, t] == label))[:n_faces])
+        if rows.size == 0:
+            out[direction] = None
+            continue
+        x = faces(idx[rows])
+        z0 = torch.from_numpy(z[rows]).float()
+        d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
+        d1 = torch.cat(
+            [_decode(vae, z0[k : k + 256] + step[None]).cpu() for k in range(0, rows.size, 256)]
+        )
+        before = judge.decide(x).cpu()
+        res: dict[str, Any] = {"n": int(rows.size)}
+        for blend in blends:
+            img = crop_edit(x, d0, d1, blend, weight=weight, mask=mask)
+            after = judge.decide(img).cpu()
+            hit = after[:, col] if label == 0 else ~after[:, col]
+            flips = (after != before).float().mean(0)
+            res[blend] = {
+                "success": float(hit.float().mean()),
+                "leakage": float(flips[others].mean()) if others else 0.0,
+                "leakage_visible": float(flips[visible].mean()) if visible else 0.0,
+                "flips": {judge.names[c]: float(flips[c]) for c in others},
+                "ssim": _outside_ssim(img, x, None),
+                "ssim_outside": _outside_ssim(img, x, weight),
+            }
+        out[direction] = res
+    out["hidden"] = list(hidden)
+    return out

@@ -1,0 +1,662 @@
+"""Calibrated strengths, footprints and the local blend, on a linear fake model where the right
+answers are known: the strength at which 97% of planted faces cross the judge's threshold, the
+square a latent acts on, the pixels a local edit may touch, and the leakage of a planted
+attribute that flips on a known share of faces."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_edit import face_photo, make_run
+from test_evaluate import write_cache
+from torch import nn
+
+from attributes.bank import FOOTPRINTS_NAME, VectorBank
+from attributes.errors import VectorError
+from conceptvae.calibration import (
+    CALIBRATION_TARGET,
+    LATENT_SCALE,
+    EditProbe,
+    calibrate,
+    combined_weight,
+    crop_edit,
+    footprint,
+    footprint_weight,
+    latent_scale,
+    measure_edits,
+    problems,
+    strength_for,
+)
+from conceptvae.edit import EditPipeline
+from conceptvae.errors import ModelError
+from conceptvae.evaluate import Judge, calibrated_markdown, evaluate
+from conceptvae.faces import warp_mask_to_photo
+from conceptvae.vectors import describe_calibration, merge_banks
+
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*far from the training data:UserWarning")
+
+S, D = 16, 4
+BRIGHT = (slice(2, 8), slice(2, 8))  # z0 paints this 6 x 6 square: 0.5 + 0.1 z0
+BRIGHT_CORE = (slice(3, 7), slice(3, 7))  # where a footprint weight of BRIGHT is exactly 1
+SQUARE = (slice(9, 15), slice(9, 15))  # z1 paints this one: 0.5 + 0.1 z1
+SQUARE_CORE = (slice(10, 14), slice(10, 14))
+
+
+class LinearVAE(nn.Module):
+    """decode: grey 0.5, BRIGHT at 0.5 + 0.1 z0 and SQUARE at 0.5 + 0.1 z1 (z2, z3 draw
+    nothing); encode reads z back from pixel row 0 of channel 0 (value = 128 + 50 z)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(image_size=S, latent_dim=D, crop=None)
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def model_hash(self):
+        return "linear"
+
+    def encode(self, x):
+        return SimpleNamespace(mean=(torch.round(x[:, 0, 0, :D] * 255) - 128) / 50)
+
+    def decode(self, z):
+        z = z.float()
+        img = torch.full((z.shape[0], 3, S, S), 0.5)
+        img[:, :, BRIGHT[0], BRIGHT[1]] = (0.5 + 0.1 * z[:, 0])[:, None, None, None]
+        img[:, :, SQUARE[0], SQUARE[1]] = (0.5 + 0.1 * z[:, 1])[:, None, None, None]
+        return img
+
+
+def region_mean(x, region):
+    return x[:, :, region[0], region[1]].mean((1, 2, 3))
+
+
+class FakeJudge:
+    """Bright: BRIGHT's core brighter than 0.5; Red: SQUARE's core brighter than 0.5; Hidden:
+    never (the judge cannot see it: accuracy 0.6)."""
+
+    names = ["Bright", "Red", "Hidden"]
+    accuracy = {"Bright": 1.0, "Red": 1.0, "Hidden": 0.6}
+
+    def judged(self, min_accuracy=0.9):
+        return [n for n in self.names if self.accuracy[n] >= min_accuracy]
+
+    def decide(self, images):
+        bright = region_mean(images, BRIGHT_CORE) > 0.5
+        red = region_mean(images, SQUARE_CORE) > 0.5
+        return torch.stack([bright, red, torch.zeros_like(bright)], 1)
+
+
+def train_cells(n_per_cell=10):
+    """z = (+-1, +-1, +-1, 0) in 8 equal cells; labels (z0 > 0, z1 > 0, z2 > 0): uncorrelated."""
+    cells = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1) for _ in range(n_per_cell)]
+    labels = np.array(cells, np.uint8)
+    z = np.concatenate([2.0 * labels - 1, np.zeros((len(cells), 1))], 1)
+    return z, labels
+
+
+def planted_heldout():
+    """100 faces without Bright, z0 = -0.005, -0.015, ..., -0.995 (adding a step s turns those
+    with |z0| < s), and 100 with it, z0 = 0.005, 0.025, ..., 1.985: twice as far from the
+    threshold, so removing needs twice the step."""
+    i = np.arange(100)
+    z0 = np.concatenate([-(i + 0.5) / 100, (i + 0.25) / 50])
+    z = np.zeros((200, D))
+    z[:, 0] = z0
+    z[:, 1] = np.where(np.arange(200) % 2 == 0, 0.5, -0.5)
+    labels = np.stack([z0 > 0, z[:, 1] > 0, np.arange(200) % 3 == 0], 1).astype(np.uint8)
+    return z, labels
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    vae = LinearVAE()
+    train_z, train_y = train_cells()
+    held_z, held_y = planted_heldout()
+
+    def faces(idx):
+        return vae.decode(torch.from_numpy(held_z[idx]).float())
+
+    raw = {"Bright": np.array([1.0, 0, 0, 0]), "Hidden": np.array([0, 0, 2.0, 0])}
+    cal = calibrate(
+        vae, FakeJudge(), raw, faces=faces, held_idx=np.arange(200), held_z=held_z,
+        held_labels=held_y, names=FakeJudge.names, train_z=train_z, train_labels=train_y,
+        progress=False,
+    )  # fmt: skip
+    return SimpleNamespace(vae=vae, cal=cal, raw=raw, train_z=train_z, train_y=train_y,
+                           held_z=held_z, held_y=held_y, faces=faces)  # fmt: skip
+
+
+# -- calibrate ---------------------------------------------------------------------------------
+
+
+def test_calibrate_finds_the_planted_strength_and_removal_scale(calibrated):
+    cal, raw = calibrated.cal, calibrated.raw
+    rec = cal["calibration"]["Bright"]
+    assert rec["scale"] == "judge" and rec["target"] == CALIBRATION_TARGET
+    # the 97th smallest |z0| of the faces without it is 0.965: adding needs a step over 0.965;
+    # the grid (0.75: 75%, 1.0: 100%) interpolates to 0.97
+    assert rec["unit"] == pytest.approx(0.97, abs=1e-6)
+    assert abs(rec["unit"] - 0.965) <= 0.01
+    # removing: the 97th smallest z0 is 1.925; the grid (1.5: 75%, 2.0: 100%) says 1.94
+    assert rec["unit"] * cal["removal_scale"]["Bright"] == pytest.approx(1.94, abs=1e-6)
+    assert cal["removal_scale"]["Bright"] == pytest.approx(2.0, rel=1e-9)
+    np.testing.assert_array_equal(
+        cal["vectors"]["Bright"], (raw["Bright"] * rec["unit"]).astype(np.float32)
+    )
+    for d, n in (("add", 100), ("remove", 100)):
+        r = rec[d]
+        assert r["n_faces"] == n and r["baseline"] == 0.0 and r["reached"]
+        assert r["strength_90"] == pytest.approx(0.9 / 0.97, abs=1e-6)
+        assert r["strength_95"] == pytest.approx(0.95 / 0.97, abs=1e-6)
+        assert 0 < r["strength_90"] < r["strength_95"] < 1
+        assert r["strength_97"] == pytest.approx(1.0)
+        assert r["success_at_1"] == pytest.approx(0.97, abs=1e-6)
+        assert r["leakage_at_1"] == 0.0  # Red (SQUARE) never changes
+        assert r["curve"]["success"][-2:] == [1.0, 1.0]  # the walk stops once 97% holds twice
+    grid = (0.25, 0.5, 0.75, 1.0, 1.25)
+    assert rec["add"]["curve"]["strength"] == pytest.approx([s / 0.97 for s in grid])
+    assert rec["remove"]["curve"]["success"] == pytest.approx(
+        [0.13, 0.25, 0.38, 0.5, 0.63, 0.75, 1.0, 1.0]
+    )
+    assert problems(rec) == []
+
+
+def test_calibrated_footprint_is_the_bright_square(calibrated):
+    cal = calibrated.cal
+    fp = cal["footprints"]["Bright"]
+    assert fp.shape == (S, S) and fp.dtype == np.float32
+    inside = np.zeros((S, S), bool)
+    inside[BRIGHT] = True
+    np.testing.assert_allclose(fp[inside], 0.1 * 0.97, rtol=1e-5)  # 0.1 per unit z0
+    assert (fp[~inside] == 0).all()
+    rec = cal["calibration"]["Bright"]
+    assert rec["footprint_peak"] == pytest.approx(0.097, rel=1e-5)
+    # weight > 0.5: the square less its 4 corners (4/9 after the 3x3 smoothing)
+    assert rec["footprint_area"] == pytest.approx(32 / 256)
+
+
+def test_an_attribute_the_judge_cannot_see_gets_the_latent_scale(calibrated):
+    cal = calibrated.cal
+    rec = cal["calibration"]["Hidden"]
+    unit = latent_scale(calibrated.train_z, calibrated.train_y[:, 2], calibrated.raw["Hidden"])
+    # the class means differ by 2 along z2 and the vector is 2 long: 1.5 x 2 / 2
+    assert rec["scale"] == "latent" and rec["unit"] == unit == pytest.approx(LATENT_SCALE)
+    assert "Hidden" in rec["reason"] and "0.60" in rec["reason"]
+    assert "add" not in rec and "remove" not in rec
+    assert cal["removal_scale"]["Hidden"] == 1.0
+    np.testing.assert_array_equal(cal["vectors"]["Hidden"], np.float32([0, 0, 3, 0]))
+    assert (cal["footprints"]["Hidden"] == 0).all()  # z2 draws nothing
+    found = problems(rec)
+    assert len(found) == 1 and "changes almost nothing" in found[0]
+
+
+def test_an_attribute_never_reached_is_reported_with_its_best_strength():
+    record = {
+        "scale": "judge", "target": 0.97, "footprint_peak": 0.2,
+        "add": {"reached": False, "curve": {"success": [0.2, 0.6, 0.5]}},
+        "remove": {"reached": True, "curve": {"success": [0.5, 1.0]}},
+    }  # fmt: skip
+    found = problems(record)
+    assert len(found) == 1 and "adding it reaches only 60%" in found[0]
+
+
+def test_strength_for_interpolates_and_says_none_when_never_reached():
+    assert strength_for([0.25, 0.5], [0.5, 1.0], 0.0, 0.75) == pytest.approx(0.375)
+    assert strength_for([1.0, 2.0], [0.4, 0.6], 0.1, 0.97) is None
+    assert strength_for([1.0], [1.0], 0.98, 0.97) == 0.0
+
+
+# -- latent scale ------------------------------------------------------------------------------
+
+
+def test_latent_scale_of_the_mean_difference_and_other_vectors():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, D))
+    y = np.arange(200) % 2 == 0
+    z[y] += [2.0, 1.0, 0.0, 0.0]
+    diff = z[y].mean(0) - z[~y].mean(0)
+    assert latent_scale(z, y, diff) == pytest.approx(LATENT_SCALE, rel=1e-12)
+    assert latent_scale(z, y, diff / 2) == pytest.approx(3.0, rel=1e-12)
+    # direction only: along e0 the gap is diff[0]; a vector 10 long needs 1.5 diff[0] / 10
+    e0 = np.array([10.0, 0, 0, 0])
+    assert latent_scale(z, y, e0) == pytest.approx(LATENT_SCALE * diff[0] / 10, rel=1e-12)
+    assert latent_scale(z, y, -diff) == 1.0  # pointing away: no scale to set
+    assert latent_scale(z, np.ones(200), diff) == 1.0  # one class only
+    assert latent_scale(z, y, np.zeros(D)) == 1.0
+
+
+# -- footprints and the edit in the crop --------------------------------------------------------
+
+
+def test_footprint_is_the_square_the_latent_changes():
+    vae = LinearVAE()
+    z = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (7, D))).float()
+    fp = footprint(vae, z, np.array([0, 2.0, 0, 0]), batch_size=3)
+    inside = np.zeros((S, S), bool)
+    inside[SQUARE] = True
+    np.testing.assert_allclose(fp[inside], 0.2, rtol=1e-5)
+    assert (fp[~inside] == 0).all()
+    w = footprint_weight(fp)
+    assert w.dtype == torch.float32 and w.shape == (S, S)
+    assert (w[SQUARE_CORE] == 1).all()  # every 3 x 3 neighbourhood inside
+    assert w[9, 11] == pytest.approx(2 / 3) and w[8, 11] == pytest.approx(1 / 3)  # its edge
+    assert w[9, 9] == pytest.approx(4 / 9) and w[8, 8] == pytest.approx(1 / 9)  # its corner
+    outside = np.ones((S, S), bool)
+    outside[8:16, 8:16] = False
+    assert (w[torch.from_numpy(outside)] == 0).all()  # two pixels away: nothing
+    assert (w[15, 9:15] == 0).all() and (w[9:15, 15] == 0).all()  # the crop's border
+
+
+def test_footprint_weight_is_zero_on_the_border_and_for_no_change():
+    w = footprint_weight(np.ones((S, S), np.float32))
+    assert (w[1:-1, 1:-1] == 1).all()
+    assert (w[0] == 0).all() and (w[-1] == 0).all() and (w[:, 0] == 0).all()
+    assert (w[:, -1] == 0).all()
+    assert (footprint_weight(np.zeros((S, S))) == 0).all()
+    # half the peak is the full weight at the default level: a half-height plateau is inside
+    fp = np.zeros((S, S), np.float32)
+    fp[2:8, 2:8], fp[2:8, 8:14] = 1.0, 0.5
+    w = footprint_weight(fp)
+    assert (w[3:7, 3:13] == 1).all()
+
+
+def test_combined_weight_is_the_max_of_terms_scaled_by_their_coefficients():
+    a = torch.zeros(S, S)
+    b = torch.zeros(S, S)
+    a[2:6, 2:6], b[4:10, 4:10] = 1.0, 0.8
+    out = combined_weight([(0.5, a), (-2.0, b)])  # 0.5 a, and b at full weight
+    expected = torch.maximum(0.5 * a, b)
+    assert torch.equal(out, expected)
+    assert out[3, 3] == 0.5 and out[5, 5] == pytest.approx(0.8) and out[12, 12] == 0
+    assert torch.equal(combined_weight([(3.0, a)]), a)  # never above the weight itself
+    assert combined_weight([]) is None
+
+
+def _crops(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(2, 3, S, S, generator=g) for _ in range(3)]
+
+
+def test_crop_edit_local_is_the_photo_outside_and_the_decoded_face_inside():
+    x, d0, d1 = _crops()
+    w = torch.zeros(S, S)
+    w[4:12, 4:12] = 1.0
+    w[2, 2] = 0.5
+    out = crop_edit(x, d0, d1, "local", weight=w)
+    zero = w == 0
+    assert torch.equal(out[:, :, zero], x[:, :, zero])  # bit for bit
+    torch.testing.assert_close(out[:, :, 4:12, 4:12], d1[:, :, 4:12, 4:12])
+    half = x[:, :, 2, 2] + 0.5 * ((d1 - d0)[:, :, 2, 2] + 0.5 * (d0 - x)[:, :, 2, 2])
+    torch.testing.assert_close(out[:, :, 2, 2], half.clamp(0, 1))
+    with pytest.raises(ValueError, match="footprint weight"):
+        crop_edit(x, d0, d1, "local")
+    with pytest.raises(ValueError, match="unknown blend"):
+        crop_edit(x, d0, d1, "poisson")
+
+
+def test_crop_edit_residual_and_replace_under_the_mask():
+    x, d0, d1 = _crops(1)
+    mask = torch.zeros(S, S)
+    mask[3:13, 3:13] = 1.0
+    res = crop_edit(x, d0, d1, "residual", mask=mask)
+    rep = crop_edit(x, d0, d1, "replace", mask=mask)
+    off = mask == 0
+    assert torch.equal(res[:, :, off], x[:, :, off]) and torch.equal(rep[:, :, off], x[:, :, off])
+    on = mask == 1
+    torch.testing.assert_close(res[:, :, on], (x + d1 - d0).clamp(0, 1)[:, :, on])
+    torch.testing.assert_close(rep[:, :, on], d1[:, :, on])
+    torch.testing.assert_close(crop_edit(x, d0, d1, "replace"), d1)  # no mask: the whole crop
+
+
+def test_a_sharp_detail_survives_residual_removal_but_not_local():
+    """The photo's BRIGHT square is sharp and bright (1.0) where the model draws it faintly
+    (z0 = 1: 0.6): removing at z0 - 2 (0.4) keeps 1.0 - 0.2 = 0.8 with the residual blend, still
+    bright; the local blend shows the decoded 0.4 inside the footprint."""
+    vae = LinearVAE()
+    z = torch.tensor([[1.0, 0.5, 0, 0]] * 4)
+    x = vae.decode(z)
+    x[:, :, BRIGHT[0], BRIGHT[1]] = 1.0
+    judge = FakeJudge()
+    assert judge.decide(x)[:, 0].all()
+    step = torch.tensor([-2.0, 0, 0, 0])
+    fp = footprint(vae, z, step)
+    w = footprint_weight(fp)
+    d0, d1 = vae.decode(z), vae.decode(z + step)
+    residual = crop_edit(x, d0, d1, "residual")
+    local = crop_edit(x, d0, d1, "local", weight=w)
+    assert region_mean(residual, BRIGHT_CORE) == pytest.approx([0.8] * 4)
+    assert region_mean(local, BRIGHT_CORE) == pytest.approx([0.4] * 4)
+    assert judge.decide(residual)[:, 0].all() and not judge.decide(local)[:, 0].any()
+    # the same through EditProbe: removal success 0 with residual, 1 with local; Red untouched
+    for blend, success in (("residual", 0.0), ("local", 1.0)):
+        probe = EditProbe(vae, judge, x, z, target=0, others=[1], adding=False, blend=blend)
+        assert probe.baseline == 0.0
+        res = probe.at(step, w if blend == "local" else None)
+        assert res["success"] == success and res["leakage"] == 0.0 and res["flips"] == [0.0]
+
+
+# -- the bank ----------------------------------------------------------------------------------
+
+
+def _fp(value, shape=(S, S)):
+    g = np.random.default_rng(int(value * 10))
+    return (value * g.random(shape)).astype(np.float32)
+
+
+def test_bank_saves_and_loads_footprints_and_removal_scales(tmp_path):
+    vectors = {"A": np.array([1.0, 2, 0, 0]), "B": np.array([0, 0, 1.0, -1])}
+    fps = {"A": _fp(0.3), "B": _fp(0.7)}
+    bank = VectorBank(vectors, metadata={"removal_scale": {"A": 2.5}}, footprints=fps)
+    assert bank.removal_scale("a") == 2.5 and bank.removal_scale("B") == 1.0
+    np.testing.assert_array_equal(bank.vector("A"), np.float32([1, 2, 0, 0]))
+    np.testing.assert_array_equal(bank.vector("-1*A"), np.float32([-2.5, -5, 0, 0]))
+    np.testing.assert_array_equal(bank.vector("-B"), np.float32([0, 0, -1, 1]))
+    np.testing.assert_allclose(bank.vector("B - 0.5*A"), [-1.25, -2.5, 1, -1])
+    bank.save(tmp_path)
+    info = json.loads((tmp_path / "vectors.json").read_text())
+    assert info["footprints"] == ["A", "B"] and (tmp_path / FOOTPRINTS_NAME).is_file()
+    loaded = VectorBank.load(tmp_path)
+    assert set(loaded.footprints) == {"A", "B"}
+    for n in ("A", "B"):
+        got = loaded.footprints[n]
+        assert got.dtype == np.float32 and got.tobytes() == fps[n].tobytes()
+    assert loaded.removal_scale("A") == 2.5
+    np.testing.assert_array_equal(loaded.vector("-1*A"), bank.vector("-1*A"))
+    # saved again without footprints: no stale file is left behind
+    VectorBank(vectors).save(tmp_path)
+    assert not (tmp_path / FOOTPRINTS_NAME).exists()
+    assert VectorBank.load(tmp_path).footprints == {}
+
+
+def test_damaged_or_missing_footprints_file_names_it(tmp_path):
+    bank = VectorBank({"A": np.ones(D)}, footprints={"A": _fp(0.5)})
+    bank.save(tmp_path)
+    path = tmp_path / FOOTPRINTS_NAME
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VectorError, match=r"footprints\.safetensors is missing or damaged"):
+        VectorBank.load(tmp_path)
+    path.unlink()
+    with pytest.raises(VectorError, match=r"footprints\.safetensors"):
+        VectorBank.load(tmp_path)
+    # the file holds other names than vectors.json lists
+    VectorBank({"A": np.ones(D), "B": np.ones(D)}, footprints={"B": _fp(0.5)}).save(tmp_path / "o")
+    (tmp_path / FOOTPRINTS_NAME).write_bytes((tmp_path / "o" / FOOTPRINTS_NAME).read_bytes())
+    with pytest.raises(VectorError, match="does not hold the footprints"):
+        VectorBank.load(tmp_path)
+
+
+def test_bank_refuses_bad_footprints_and_removal_scales():
+    v = {"A": np.ones(D), "B": np.zeros(D)}
+    with pytest.raises(VectorError, match="'C', which has no vector"):
+        VectorBank(v, footprints={"C": _fp(1)})
+    with pytest.raises(VectorError, match="must be an \\(H, W\\) map"):
+        VectorBank(v, footprints={"A": np.ones(S, np.float32)})
+    with pytest.raises(VectorError, match="unlike the others"):
+        VectorBank(v, footprints={"A": _fp(1), "B": _fp(1, (8, 8))})
+    with pytest.raises(VectorError, match="negative or non-finite"):
+        VectorBank(v, footprints={"A": -_fp(1)})
+    for bad in (0.0, -1.0, float("nan"), "2"):
+        with pytest.raises(VectorError, match="removal_scale"):
+            VectorBank(v, metadata={"removal_scale": {"A": bad}})
+
+
+def _two_vector_bank():
+    v = {"A": np.ones(D), "B": np.arange(D)}
+    return VectorBank(v, metadata={"removal_scale": {"A": 2.0, "B": 3.0}},
+                      footprints={"A": _fp(1), "B": _fp(2)})  # fmt: skip
+
+
+def test_subset_keeps_footprints_and_removal_scales():
+    sub = _two_vector_bank().subset(["b"])
+    assert list(sub.footprints) == ["B"] and sub.removal_scale("B") == 3.0
+    assert sub.footprints["B"].tobytes() == _fp(2).tobytes()
+
+
+def test_with_vector_drops_the_replaced_footprint_and_removal_scale():
+    bank = _two_vector_bank()
+    replaced = bank.with_vector("A", np.zeros(D))
+    assert list(replaced.footprints) == ["B"] and replaced.removal_scale("A") == 1.0
+    assert replaced.removal_scale("B") == 3.0
+
+
+# -- merging banks -----------------------------------------------------------------------------
+
+
+def _bank(names, *, scale, calibrated=True, fp_value=1.0, hash_="h"):
+    meta = {"model_hash": hash_, "method": "mean"}
+    fps = None
+    if calibrated:
+        meta["removal_scale"] = {n: scale for n in names}
+        meta["calibration"] = {n: {"scale": "judge", "unit": scale} for n in names}
+        fps = {n: _fp(fp_value + i) for i, n in enumerate(names)}
+    vectors = {n: np.full(D, scale + i) for i, n in enumerate(names)}
+    return VectorBank(vectors, metadata=meta, footprints=fps)
+
+
+def test_merge_banks_keeps_old_footprints_and_scales_and_replaces_the_new():
+    old = merge_banks(None, _bank(["A", "B"], scale=2.0, fp_value=1.0))  # as `vectors` saves it
+    assert old.footprints["A"].tobytes() == _fp(1.0).tobytes() and old.removal_scale("B") == 2.0
+    new = _bank(["B"], scale=3.0, fp_value=5.0)
+    merged = merge_banks(old, new)
+    assert merged.names == ["A", "B"]
+    assert merged.footprints["A"].tobytes() == old.footprints["A"].tobytes()
+    assert merged.footprints["B"].tobytes() == new.footprints["B"].tobytes()
+    assert merged.removal_scale("A") == 2.0 and merged.removal_scale("B") == 3.0
+    cal = merged.metadata["calibration"]
+    assert cal["A"]["unit"] == 2.0 and cal["B"]["unit"] == 3.0
+    np.testing.assert_array_equal(merged["B"], new["B"])
+    # B refitted without calibration: its old scale, footprint and record go
+    plain = merge_banks(merged, _bank(["B"], scale=7.0, calibrated=False))
+    assert plain.removal_scale("B") == 1.0 and plain.removal_scale("A") == 2.0
+    assert list(plain.footprints) == ["A"]
+    assert "B" not in plain.metadata.get("calibration", {})
+    np.testing.assert_array_equal(plain.vector("-B"), -plain["B"])
+    # a bank of another model replaces the old one entirely
+    other = merge_banks(old, _bank(["B"], scale=4.0, hash_="other"))
+    assert other.names == ["B"] and list(other.footprints) == ["B"]
+    assert other.removal_scale("B") == 4.0
+
+
+def test_describe_calibration_lists_the_scales(calibrated):
+    cal = calibrated.cal
+    bank = VectorBank(cal["vectors"], metadata={"calibration": cal["calibration"]},
+                      footprints=cal["footprints"])  # fmt: skip
+    text = describe_calibration(bank)
+    row = next(line for line in text.splitlines() if line.startswith("Bright"))
+    assert "judge" in row and "97%" in row and "0.93" in row and "0.98" in row
+    assert text.splitlines()[-1].endswith("Hidden")  # the uncalibrated ones are listed
+    assert "no calibration" in describe_calibration(VectorBank({"A": np.ones(D)}))
+
+
+# -- the edit pipeline -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edit_pipe(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("calibration_edit") / "run")
+    pipe = EditPipeline.from_pretrained(run)
+    return pipe, pipe.prepare(Image.fromarray(face_photo()))
+
+
+def test_auto_blend_is_local_with_footprints_and_residual_without(edit_pipe):
+    pipe, prepared = edit_pipe
+    assert pipe.blend == "auto"
+
+    def edit(expr, blend):
+        return np.asarray(pipe(prepared, expr, 1.5, blend=blend))
+
+    assert pipe.footprint("Eyeglasses") is None
+    assert pipe.footprint("Smiling + Eyeglasses") is None
+    assert np.array_equal(edit("Eyeglasses", "auto"), edit("Eyeglasses", "residual"))
+    assert np.array_equal(
+        edit("Smiling + Eyeglasses", "auto"), edit("Smiling + Eyeglasses", "residual")
+    )
+    local = edit("Smiling", "local")
+    assert np.array_equal(edit("Smiling", "auto"), local)
+    assert not np.array_equal(local, edit("Smiling", "residual"))
+    with pytest.raises(ModelError, match="footprints"):
+        edit("Eyeglasses", "local")
+
+
+def test_local_edit_changes_only_the_warped_footprint(edit_pipe):
+    pipe, prepared = edit_pipe
+    expr = "Smiling - 0.5*Male"
+    weight = pipe.footprint(expr, 2.0)
+    w_s = footprint_weight(pipe.bank.footprints["Smiling"])
+    w_m = footprint_weight(pipe.bank.footprints["Male"])
+    assert torch.equal(weight, torch.maximum(w_s, w_m))  # 2 x 0.5: Male at full weight too
+    assert torch.equal(pipe.footprint(expr, 0.5), torch.maximum(0.5 * w_s, 0.25 * w_m))
+    out = np.asarray(pipe(prepared, expr, 2.0, blend="local"))
+    photo = prepared.pixels
+    w = warp_mask_to_photo(weight.numpy(), prepared.faces[0].aligned, photo.shape)
+    outside = w == 0
+    assert 0.5 < outside.mean() < 0.999
+    np.testing.assert_array_equal(out[outside], photo[outside])
+    assert (out != photo).any(-1)[w > 0.5].mean() > 0.5
+
+
+def test_a_negative_strength_removes_like_a_negative_coefficient(tmp_path):
+    run = make_run(tmp_path / "run")
+    bank = VectorBank.load(run)
+    VectorBank({n: bank[n] for n in bank.names},
+               metadata={**bank.metadata, "removal_scale": {"Smiling": 2.0}},
+               footprints=bank.footprints).save(run)  # fmt: skip
+    pipe = EditPipeline.from_pretrained(run)
+    np.testing.assert_array_equal(pipe.direction("-1*Smiling"), -2 * bank["Smiling"])
+    prepared = pipe.prepare(Image.fromarray(face_photo()))
+    by_coef = np.asarray(pipe(prepared, "-1*Smiling", 1.0, blend="residual"))
+    by_strength = np.asarray(pipe(prepared, "Smiling", -1.0, blend="residual"))
+    assert np.array_equal(by_strength, by_coef)
+
+
+# -- measured edits and the evaluate report ----------------------------------------------------
+
+
+def test_measure_edits_counts_leakage_of_hidden_and_visible_attributes(calibrated):
+    """Adding Bright on the planted faces also flips Red where the judge reads Red through
+    BRIGHT: a judge whose Red needs both squares bright flips Red on every face with SQUARE
+    bright (half of them) when Bright is added."""
+
+    class Leaky(FakeJudge):
+        def decide(self, images):
+            v = super().decide(images)
+            v[:, 1] &= v[:, 0]
+            return v
+
+    c = calibrated
+    kw = dict(faces=c.faces, idx=np.arange(200), z=c.held_z, labels=c.held_y,
+              names=FakeJudge.names, train_labels=c.train_y, judged=["Bright", "Red"],
+              blends=("local",))  # fmt: skip
+    res = measure_edits(c.vae, Leaky(), c.cal, "Bright", **kw)
+    add, rem = res["add"]["local"], res["remove"]["local"]
+    assert res["add"]["n"] == res["remove"]["n"] == 100
+    # at +1 (0.97): 97 of 100 faces cross; at -1 (1.94): 97 of 100 are removed
+    assert add["success"] == pytest.approx(0.97) and rem["success"] == pytest.approx(0.97)
+    # Red flips on the faces with SQUARE bright (even rows: 50 of each 100) that changed
+    on = c.held_z[:, 1] > 0
+    neg, pos = c.held_z[:100, 0], c.held_z[100:, 0]
+    add_flips = (on[:100] & (neg + 0.97 > 0)).mean()
+    rem_flips = (on[100:] & (pos - 1.94 <= 0)).mean()
+    assert add["leakage"] == pytest.approx(add_flips) and add["flips"] == {"Red": add["leakage"]}
+    assert rem["leakage"] == pytest.approx(rem_flips)
+    assert add["leakage_visible"] == add["leakage"]
+    hid = measure_edits(c.vae, Leaky(), c.cal, "Bright", hidden=["Red"], **kw)
+    assert hid["hidden"] == ["Red"] and hid["add"]["local"]["leakage_visible"] == 0.0
+    assert hid["add"]["local"]["leakage"] == add["leakage"]
+    assert 0 < add["ssim"] < 1 and add["ssim_outside"] == pytest.approx(1.0)
+
+
+class MarkerNet(nn.Module):
+    """Logit A: BRIGHT's core brighter than 0.5; logit C: SQUARE's core *and* BRIGHT's core
+    brighter than 0.5 (so adding A to a face with the marker flips C)."""
+
+    def forward(self, x):
+        a = region_mean(x, BRIGHT_CORE) - 0.5
+        c = torch.minimum(region_mean(x, SQUARE_CORE) - 0.5, a)
+        return 400 * torch.stack([a, c], 1)
+
+
+def _cache_images(vae, z):
+    """Decoded faces with z written into pixel row 0 (what LinearVAE.encode reads)."""
+    code = np.rint(128 + 50 * z).astype(np.uint8)
+    z_read = torch.from_numpy((code.astype(np.float32) - 128) / 50)
+    x = np.rint(vae.decode(z_read).numpy() * 255).astype(np.uint8)
+    x[:, 0, 0, :D] = code
+    return x
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Train: z0, z1 = +-1 in four equal cells (A = z0 > 0, C = z1 > 0: uncorrelated). Valid:
+    |z0| = 0.04, ..., 0.80 (calibrating A's mean vector (2, 0, 0, 0) to a step of 0.9625 in
+    z0). Test: |z0| = 0.1, ..., 0.8, all within reach; 2 of the 8 faces without A carry the
+    marker (z1 > 0), none of those with A."""
+    vae = LinearVAE()
+    cells = [(a, b) for a in (0, 1) for b in (0, 1) for _ in range(20)]
+    z_train = np.array([[2 * a - 1, 2 * b - 1, 0, 0] for a, b in cells], np.float64)
+    mags = 0.04 * np.arange(20) + 0.04
+    z_valid = np.zeros((40, D))
+    z_valid[:, 0] = np.concatenate([-mags, mags])
+    z_valid[:, 1] = np.where(np.arange(40) % 2 == 0, 0.5, -0.5)
+    tm = 0.1 * np.arange(1, 9)
+    z_test = np.zeros((16, D))
+    z_test[:, 0] = np.concatenate([-tm, tm])
+    z_test[:, 1] = -0.5
+    z_test[:2, 1] = 0.5
+    z = np.concatenate([z_train, z_valid, z_test])
+    labels = (z[:, :2] > 0).astype(np.uint8)
+    partition = np.repeat([0, 1, 2], [80, 40, 16])
+    root = tmp_path_factory.mktemp("calibrated_eval")
+    cache = write_cache(root / "cache", _cache_images(vae, z), labels, ["A", "C"], partition)
+    judge = Judge(MarkerNet(), ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 1.0}, image_size=S)
+    return evaluate(
+        vae, cache, None, judge, methods=("mean",), strengths=(1.0,), attributes=["A"],
+        n_faces=50, n_samples=0, n_recon=4, progress=False,
+    )  # fmt: skip
+
+
+def test_evaluate_calibrated_summary_has_the_planted_success_and_leakage(evaluated):
+    result = evaluated
+    summary = {r["direction"]: r for r in result["calibrated_summary"]}
+    assert set(summary) == {"add", "remove"}
+    assert all(r["attribute"] == "A" and r["best_method"] == "mean" for r in summary.values())
+    add, rem = summary["add"], summary["remove"]
+    assert add["success"] == 1.0 and rem["success"] == 1.0
+    assert add["leakage"] == 0.25 and rem["leakage"] == 0.0  # 2 of 8 faces carry the marker
+    assert add["leakage_visible"] == 0.25  # nothing hides C
+    assert not add["works"] and rem["works"] and rem["works_visible"]
+    m = result["calibrated"]["A"]["methods"]["mean"]
+    assert result["calibrated"]["A"]["hidden"] == []
+    # valid faces cross at 0.6 (raw 0.25) and 1.0 (raw 0.5): 0.97 at raw 0.48125
+    assert m["calibration"]["scale"] == "judge"
+    assert m["calibration"]["unit"] == pytest.approx(0.48125, abs=1e-6)
+    assert m["calibration"]["removal_scale"] == pytest.approx(1.0)
+    assert m["add"]["local"]["flips"] == {"C": 0.25}
+
+
+def test_calibrated_markdown_has_the_table_and_works_cells(evaluated):
+    lines = calibrated_markdown(evaluated)
+    text = "\n".join(lines)
+    assert "## Calibrated edits: strength +1 and -1" in text
+    assert "| attribute | direction | best method | success | leakage |" in text
+    assert "1 of 2 (attribute, direction) pairs work" in text
+    assert "| A | add | mean | 1.00 | 0.250 | 0.250 |" in text
+    row = next(x for x in lines if x.startswith("| A | remove | mean |"))
+    assert "| yes |" in row
+    assert calibrated_markdown({"calibrated_summary": []}) == []
+
+
+def test_merge_into_a_bank_without_provenance_keeps_the_old_calibration_records():
+    old = _bank(["A", "B"], scale=2.0)  # fit_vectors' own bank: no metadata["vectors"]
+    merged = merge_banks(old, _bank(["B"], scale=3.0))
+    assert merged.removal_scale("A") == 2.0 and "A" in merged.footprints
+    assert merged.metadata["calibration"]["A"]["unit"] == 2.0
