@@ -283,7 +283,7 @@ def _train_from_scratch(
     model_dir.mkdir()
     for name in os.listdir(run):
         src = run / name
-        if name.startswith(("config", "model", "vectors")) and src.is_file():
+        if name.startswith(("config", "model", "vectors", "footprints")) and src.is_file():
             shutil.copy2(src, model_dir / name)
     shutil.copytree(run / JUDGE_DIR, model_dir / JUDGE_DIR)
     return model_dir
@@ -317,11 +317,11 @@ def _make(stage, tmp, run_dir, judge_dir, sizes, device, step, from_scratch) -> 
     result = E.evaluate(
         vae, cache, None, judge, methods=sizes.methods, strengths=sizes.strengths,
         attributes=attributes, n_faces=sizes.n_faces, n_samples=sizes.n_samples,
-        n_recon=sizes.n_recon, progress=False,
+        n_recon=sizes.n_recon, progress=False, calibrated=False,
     )  # fmt: skip
     E.write_report(result, stage / "report")
     method = str(pipe.bank.metadata.get("method", "mean")) if pipe.bank is not None else "mean"
-    strength, source = _smile_strength(result, method)
+    strength, source = _smile_strength(result, method, pipe.bank)
     if result.get("status") == "ok" and attributes:
         step(f"evaluated {', '.join(attributes)} x {len(sizes.methods)} methods: report/")
     else:
@@ -406,9 +406,13 @@ def _make(stage, tmp, run_dir, judge_dir, sizes, device, step, from_scratch) -> 
     }
 
 
-def _smile_strength(result: dict[str, Any], method: str) -> tuple[float, str]:
-    """The strength at which the evaluation saw ``method``'s Smiling vector add a smile to 90%
-    of the faces, and where the number came from."""
+def _smile_strength(result: dict[str, Any], method: str, bank: Any = None) -> tuple[float, str]:
+    """Strength 1 when the bank's Smiling vector is calibrated; else the strength at which the
+    evaluation saw ``method``'s Smiling vector add a smile to 90% of the faces; and where the
+    number came from."""
+    cal = (bank.metadata.get("calibration", {}) if bank is not None else {}).get(EDIT) or {}
+    if cal.get("scale") == "judge":
+        return 1.0, "calibrated: strength 1 adds a smile to 97% of held-out faces"
     e = (result.get("edits") or {}).get(EDIT) or {}
     m = (e.get("methods") or {}).get(method) or (e.get("methods") or {}).get("mean") or {}
     s90 = (m.get("add") or {}).get("strength_90")
