@@ -508,7 +508,7 @@ def measure_edits(
     S = vae.config.image_size
     crop = getattr(vae.config, "crop", None) or 148.0
     mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
-    v = torch.as_tensor(cal["vectors"][attribute])
+    v = torch.as_tensor(np.array(cal["vectors"][attribute], dtype=np.float32))
     weight = footprint_weight(cal["footprints"][attribute])
     others = independent_columns(judge, names, train_labels, attribute, judged)
     visible = [c for c in others if judge.names[c] not in set(hidden)]
