@@ -152,7 +152,7 @@ def latent_scale(z: np.ndarray, y: np.ndarray, vector: np.ndarray) -> float:
 
 
 def strength_for(
-    strengths: Sequence[float], success: Sequence[float], baseline: float, target: float
+    strengths: Sequence[float], success: Sequence[float], baseline: float, target: float = 0.90
 ) -> float | None:
     """The smallest strength where the success curve ``(0, baseline), (s_i, success_i)``
     first reaches ``target``, by linear interpolation; None if it never does."""

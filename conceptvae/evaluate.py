@@ -61,6 +61,7 @@ from conceptvae._fs import (
     atomic_write_text,
     staged_dir,
 )
+from conceptvae.calibration import strength_for
 from conceptvae.data.cache import BatchLoader, PreparedCache
 from conceptvae.errors import DataError, ModelError
 from conceptvae.vectors import data_key, split_latents
@@ -612,22 +613,6 @@ def load_or_train_judge(run: str | os.PathLike, cache: PreparedCache, **train_kw
 
 # ---------------------------------------------------------------------------------------------
 # metrics
-
-
-def strength_for(
-    strengths: Sequence[float], success: Sequence[float], baseline: float,
-    target: float = TARGET_SUCCESS,
-) -> float | None:  # fmt: skip
-    """The smallest strength where the success curve ``(0, baseline), (s_i, success_i)`` first
-    reaches ``target``, by linear interpolation; None if it never does."""
-    xs = [0.0, *map(float, strengths)]
-    ys = [float(baseline), *map(float, success)]
-    if ys[0] >= target:
-        return 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if y1 >= target:
-            return x0 + (target - y0) / (y1 - y0) * (x1 - x0)
-    return None
 
 
 def _interp(strengths: Sequence[float], values: Sequence[float | None], at: float, at_zero: float):
