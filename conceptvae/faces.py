@@ -465,8 +465,8 @@ def detect_faces(image: np.ndarray, *, min_size: int | None = None) -> list[Face
     cells (see "Which photos count as faces" in docs/editing.md). Where the strict eye search
     (3 neighbours) finds no pair, a relaxed one (1 neighbour) is made in a box that both face
     cascades found, or in which one eye is sure (both eye cascades found it); a box with no
-    pair after that is dropped. Faces whose eyes the eye cascades cannot see (dark glasses, a
-    blurred face) are therefore missed.
+    pair after that is dropped. Faces whose eyes the eye cascades cannot see (dark glasses,
+    eyes shut by a smile, a blurred face) are therefore missed.
     When no face has a strict pair, the search is repeated on the image turned by -12 and +12
     degrees (the frontal cascades miss faces rolled past about 10 degrees). When there is
     still no face, the upright boxes the face cascades are less sure of (``minNeighbors`` 3)
