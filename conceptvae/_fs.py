@@ -110,3 +110,28 @@ def publish_dir(stage: str | os.PathLike, path: str | os.PathLike, force: bool =
     else:
         check_output_dir(path, force=False)
         os.replace(stage, path)
+
+
+def json_safe(obj: Any, digits: int | None = None) -> Any:
+    """A JSON-ready copy of ``obj``: dicts (keys as strings), lists for tuples and arrays,
+    numpy numbers as Python ones, non-finite floats as None; floats rounded to ``digits``
+    decimals when given."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist(), digits)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        if not math.isfinite(obj):
+            return None
+        return float(obj) if digits is None else round(float(obj), digits)
+    return obj

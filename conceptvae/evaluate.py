@@ -59,6 +59,7 @@ from conceptvae._fs import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    json_safe,
     staged_dir,
 )
 from conceptvae.calibration import strength_for
@@ -1390,24 +1391,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "attribute"
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, floats to 6 decimals (non-finite to None),
-    tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return round(float(obj), 6) if math.isfinite(obj) else None
-    return obj
-
-
 def _f(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -1436,7 +1419,7 @@ def write_report(
         figures: dict[str, dict[str, str]] = {}
         if result.get("status") == "ok":
             figures = _draw_figures(result, png, stage, written)
-        data = _plain({k: v for k, v in result.items() if k != "examples"})
+        data = json_safe({k: v for k, v in result.items() if k != "examples"}, digits=6)
         data["figures"] = figures
         atomic_write_json(stage / "report.json", data)
         atomic_write_text(stage / "report.md", _markdown(result, figures))

@@ -23,7 +23,7 @@ from attributes.bank import VectorBank
 from attributes.errors import VectorError
 from attributes.estimators import AttributeVectors, _resolve
 from attributes.report import Report, quality_report
-from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text
+from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from conceptvae.calibration import calibrate
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
@@ -319,7 +319,7 @@ def _calibrated(
         train_z=z, train_labels=y, blend=blend, n_faces=n_faces, progress=progress,
     )  # fmt: skip
     meta = fitted.metadata
-    meta["calibration"] = _plain(cal["calibration"])
+    meta["calibration"] = json_safe(cal["calibration"])
     meta["removal_scale"] = cal["removal_scale"]
     meta["norms"] = {n: float(np.linalg.norm(v)) for n, v in cal["vectors"].items()}
     return VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
@@ -333,21 +333,6 @@ class _BlindJudge:
 
     def judged(self, min_accuracy: float = 0.0) -> list[str]:
         return []
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy: numpy numbers and arrays become Python numbers and lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 _PER_VECTOR = ("effective_counts", "coverage", "confounders", "calibration", "problems")
