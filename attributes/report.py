@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from sklearn.metrics import roc_auc_score
 
 from attributes._arrays import as_array, to_numpy
 from attributes.bank import VectorBank, _atomic_write
@@ -160,14 +158,14 @@ class Report:
         }
 
     def cosine_heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
-        """Draw ``cosine`` as a PNG (blue -1, white 0, red +1; values printed when A <= 12)
-        with row and column labels and a colour legend. Written atomically; returns the path."""
+        """Draw ``cosine`` as a PNG heatmap with matplotlib (blue -1, white 0, red +1, grey
+        where undefined; values printed when A <= 12) with row and column labels and a colour
+        bar. Written atomically; returns the path."""
         path = Path(path)
         if path.suffix.lower() != ".png":
             raise VectorError(f"the heatmap is a PNG: give a path ending in .png, not {path}")
-        img = _draw_heatmap(self.cosine, self.names, title)
         buf = io.BytesIO()
-        img.save(buf, format="PNG")
+        _heatmap_figure(self.cosine, self.names, title).savefig(buf, format="png")
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, buf.getvalue())
         return path
@@ -198,6 +196,8 @@ def quality_report(
     ``"coverage"`` (name -> share), at the top level or per name under ``"vectors"``;
     ``effective_counts`` and ``coverage`` given here (same shapes, by name) win.
     """
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn takes ~1 s to import
+
     counts = None
     known_effective: dict[str, list[float]] = {}
     known_coverage: dict[str, float] = {}
@@ -402,102 +402,49 @@ def _problems(
 
 # -- the heatmap -------------------------------------------------------------------------------
 
-_POS = np.array([178, 24, 43], dtype=np.float64)  # ColorBrewer RdBu ends
-_NEG = np.array([33, 102, 172], dtype=np.float64)
-_NAN = (200, 200, 200)
-_PAD = 10
+_NAN = "#c8c8c8"  # undefined cosines (a zero vector)
 _LABEL_CHARS = 24
-
-
-def _colours(values: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB of values in [-1, 1]: blue, white at 0, red; grey for NaN."""
-    v = np.clip(np.nan_to_num(values, nan=0.0), -1.0, 1.0)[..., None]
-    end = np.where(v > 0, _POS, _NEG)
-    rgb = np.rint(255.0 + (end - 255.0) * np.abs(v)).astype(np.uint8)
-    rgb[np.isnan(values)] = _NAN
-    return rgb
 
 
 def _short(name: str) -> str:
     return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
-def _heatmap_layout(names: Sequence[str], title: str | None) -> dict[str, int]:
-    """Pixel geometry of the heatmap: grid origin (x0, y0), cell size, legend, image size."""
-    font = ImageFont.load_default()
+def _heatmap_figure(cosine: np.ndarray, names: Sequence[str], title: str | None) -> Any:
+    """The cosine heatmap as a matplotlib ``Figure`` on its own Agg canvas (no pyplot, so it is
+    safe to draw from several threads; imported here so that importing attributes stays fast).
+    Cell (r, c) is ``cosine[r, c]`` at data coordinates (c, r)."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cosine = np.asarray(cosine, dtype=np.float64)
     n = len(names)
-    cell = 38 if n <= 12 else 14
-    sizes = [font.getbbox(_short(s)) for s in names]
-    label_w = max(b[2] - b[0] for b in sizes)
-    title_h = 0 if not title else font.getbbox(title)[3] + _PAD
-    x0 = _PAD + label_w + 6
-    y0 = _PAD + title_h + label_w + 6  # column labels are the row labels turned upright
-    grid = n * cell
-    legend_h = max(grid, 100)
-    legend_x = x0 + grid + 16
-    tick_w = max(font.getbbox(t)[2] for t in ("+1", "0", "-1"))
-    width = max(
-        legend_x + 14 + 6 + tick_w + _PAD, _PAD * 2 + (font.getbbox(title)[2] if title else 0)
+    cell = 0.42 if n <= 12 else 0.17  # inches
+    labels = [_short(s) for s in names]
+    label_in = 0.3 + 0.065 * max((len(s) for s in labels), default=1)
+    width = label_in + n * cell + 1.1
+    height = label_in + n * cell + (0.45 if title else 0.15)
+    fig = Figure(figsize=(max(width, 3.0), max(height, 2.4)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["RdBu_r"].with_extremes(bad=_NAN)
+    im = ax.imshow(
+        np.ma.masked_invalid(cosine), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest"
     )
-    height = y0 + max(grid, legend_h) + _PAD
-    return {
-        "x0": x0,
-        "y0": y0,
-        "cell": cell,
-        "legend_x": legend_x,
-        "legend_h": legend_h,
-        "width": width,
-        "height": height,
-    }
-
-
-def _draw_heatmap(cosine: np.ndarray, names: Sequence[str], title: str | None) -> Image.Image:
-    font = ImageFont.load_default()
-    lay = _heatmap_layout(names, title)
-    x0, y0, cell, n = lay["x0"], lay["y0"], lay["cell"], len(names)
-    img = Image.new("RGB", (lay["width"], lay["height"]), "white")
-    draw = ImageDraw.Draw(img)
-
-    def text_at(x: float, y: float, text: str, fill: Any = "black") -> None:
-        """Draw ``text`` with its ink's top-left corner at (x, y)."""
-        left, top, _, _ = font.getbbox(text)
-        draw.text((round(x - left), round(y - top)), text, fill=fill, font=font)
-
-    if title:
-        text_at(_PAD, _PAD, title)
-    grid = Image.fromarray(_colours(np.asarray(cosine, dtype=np.float64)), "RGB")
-    img.paste(grid.resize((n * cell, n * cell), Image.Resampling.NEAREST), (x0, y0))
-
-    for k, name in enumerate(names):
-        label = _short(name)
-        left, top, right, bottom = font.getbbox(label)
-        w, h = right - left, bottom - top
-        text_at(x0 - 6 - w, y0 + k * cell + (cell - h) / 2, label)  # row label, right-aligned
-        mask = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(mask).text((-left, -top), label, fill=255, font=font)
-        mask = mask.rotate(90, expand=True)  # reads bottom to top, ends at the grid
-        img.paste((0, 0, 0), (x0 + k * cell + (cell - h) // 2, y0 - 6 - w), mask)
-
+    size = 8 if n <= 12 else 6
+    ax.set_xticks(range(n), labels=labels, rotation=90, fontsize=size)
+    ax.set_yticks(range(n), labels=labels, fontsize=size)
+    ax.tick_params(length=0)
     if n <= 12:
         for r in range(n):
             for c in range(n):
                 v = float(cosine[r, c])
-                text = "n/a" if math.isnan(v) else f"{v:+.2f}"
-                left, top, right, bottom = font.getbbox(text)
-                fill = "white" if not math.isnan(v) and abs(v) > 0.55 else "black"
-                text_at(
-                    x0 + c * cell + (cell - (right - left)) / 2,
-                    y0 + r * cell + (cell - (bottom - top)) / 2,
-                    text,
-                    fill,
-                )
-
-    lx, lh = lay["legend_x"], lay["legend_h"]
-    ramp = np.linspace(1.0, -1.0, lh)[:, None].repeat(14, axis=1)  # +1 at the top
-    img.paste(Image.fromarray(_colours(ramp), "RGB"), (lx, y0))
-    draw.rectangle((lx - 1, y0 - 1, lx + 14, y0 + lh), outline=(120, 120, 120))
-    for text, frac in (("+1", 0.0), ("0", 0.5), ("-1", 1.0)):
-        _, top, _, bottom = font.getbbox(text)
-        y = y0 + frac * (lh - 1) - (bottom - top) / 2
-        text_at(lx + 20, min(max(y, y0), y0 + lh - (bottom - top)), text)
-    return img
+                ax.text(
+                    c, r, "n/a" if np.isnan(v) else f"{v:+.2f}", ha="center", va="center",
+                    fontsize=7, color="white" if not np.isnan(v) and abs(v) > 0.55 else "black",
+                )  # fmt: skip
+    fig.colorbar(im, ax=ax, ticks=[-1, 0, 1], shrink=0.8, aspect=25)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

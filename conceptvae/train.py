@@ -114,6 +114,8 @@ class TrainConfig:
     log_every: int = 50
     sample_every_epoch: bool = True
     compile: bool = False
+    bf16: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
+    channels_last: bool = True  # model and batches in channels_last memory format
     probe: bool = True
     probe_samples: int = 2000
     eval_samples: int = 2000
@@ -356,8 +358,11 @@ def template_points(meta: dict[str, Any], image_size: int) -> np.ndarray:
 class _Feeder:
     """Batches on the device: images float32 in [0, 1], labels, per-pixel loss weights."""
 
-    def __init__(self, c: PreparedCache, cfg: VAEConfig, device: torch.device) -> None:
+    def __init__(
+        self, c: PreparedCache, cfg: VAEConfig, device: torch.device, channels_last: bool = True
+    ) -> None:
         self.c, self.cfg, self.device = c, cfg, device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.gpu_images = None
         if device.type == "cuda":
             # uint8 on the GPU when it fits comfortably: no host copies or PCIe per batch.
@@ -385,7 +390,7 @@ class _Feeder:
             x = self.gpu_images[idx].float().div_(255.0)
         else:
             x = self.c.batch(sel).to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         y = None
         if self.cfg.attr_dim > 0:
             y = self.c.batch_labels(sel).to(self.device, non_blocking=True)
@@ -754,57 +759,11 @@ def _train(
     device: torch.device,
     d: _Dist,
 ) -> ConceptVAE:
-    c = _open_data(data, out, mcfg.image_size, cache, cfg.workers, progress, d)
-    if mcfg.crop is None:
-        mcfg = dataclasses.replace(mcfg, crop=data_crop(c.meta))
-    if mcfg.attr_dim == 0 and mcfg.attr_weight > 0 and c.attr_names:
-        # the attribute head is on by default for labelled data: one output per label
-        mcfg = dataclasses.replace(mcfg, attr_dim=len(c.attr_names))
-    train_idx = c.split("train")
-    if train_idx.size == 0:
-        raise TrainError(
-            f"the train split of {c.path} is empty (no row of partition.npy is 0): give data "
-            "with training images"
-        )
-    share = -(-train_idx.size // d.world)
-    if cfg.batch_size > share:
-        per = f" per process with {d.world} processes" if d.world > 1 else ""
-        raise TrainError(
-            f"--batch-size {cfg.batch_size} is larger than the train split ({share} images"
-            f"{per}): use --batch-size {share} or less"
-        )
-    if mcfg.attr_dim and mcfg.attr_dim != len(c.attr_names):
-        raise TrainError(
-            f"the model's attr_dim is {mcfg.attr_dim} but {c.path} has {len(c.attr_names)} "
-            f"attributes: set attr_dim to {len(c.attr_names)}"
-        )
-    valid_idx = c.split("valid")
-    if valid_idx.size == 0:
-        valid_idx = c.split("test")
-    valid_idx = valid_idx[: cfg.eval_samples]
-
-    if (
-        d.world > 1
-        and ckpt is not None
-        and ckpt["batch_in_epoch"]
-        and ckpt["world_size"] != d.world
-    ):
-        raise TrainError(
-            f"the checkpoint stopped mid-epoch with {ckpt['world_size']} process(es): resume "
-            f"with the same number (now {d.world})"
-        )
-
-    torch.manual_seed(cfg.seed)
-    vae = ConceptVAE(mcfg)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed + 7919 * d.rank)
+    c, mcfg, train_idx, valid_idx = _prepare_data(data, out, mcfg, cfg, ckpt, cache, progress, d)
+    vae, gen = _new_model(mcfg, cfg, ckpt, device, d)
     step = epoch = batch_in_epoch = 0
     if ckpt is not None:
-        vae.load_state_dict(ckpt["model"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-    # channels_last: faster convolutions on CUDA (tensor cores) and on CPU (oneDNN).
-    vae = vae.to(device, memory_format=torch.channels_last)
-    vae.train()
 
     loader = BatchLoader(c, "train", cfg.batch_size, True, True, cfg.seed, d.rank, d.world)
     spe = len(loader)
@@ -813,39 +772,12 @@ def _train(
     budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
     # time-planned cosine: the LR is set before each step from the elapsed time (below)
     timed_cosine = by_time and cfg.lr_schedule == "cosine"
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "cosine" and not by_time:
-        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=max(1, total), eta_min=cfg.lr * cfg.min_lr_ratio
-        )
-    else:
-        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-    # training time before this call (the time plan's clock), from the checkpoint
-    elapsed0 = 0.0
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        # A checkpoint of the other plan holds the other scheduler's state: its step count
-        # (last_epoch) is what carries over, the rest is inert.
-        sched.load_state_dict(ckpt["scheduler"])
-        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-            sched.T_max = max(1, total)  # --epochs may have changed
-        elapsed0 = float(ckpt.get("elapsed_s", 0.0))  # 0 for checkpoints made before it
-        _set_rng_state(ckpt["rng"], gen)
-        if d.world > 1:  # only rank 0's noise was saved: give each rank its own again
-            gen.manual_seed(cfg.seed + 7919 * d.rank + 104729 * step)
+    opt, sched, elapsed0 = _optimizer(vae, cfg, total, by_time, ckpt, gen, d)
 
-    step_module: nn.Module = _LossModule(vae)
-    if cfg.compile:
-        vae.compile()
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_module = DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    feed = _Feeder(c, mcfg, device)
+    step_module = _step_module(vae, cfg, device, d)
+    feed = _Feeder(c, mcfg, device, cfg.channels_last)
     target_beta = mcfg.beta if cfg.beta is None else cfg.beta
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and cfg.bf16
 
     out_main = d.main
     metrics = out / METRICS_NAME
@@ -856,19 +788,7 @@ def _train(
     state = {"saved_step": ckpt["step"] if ckpt is not None else None}
     rng_snapshot = _rng_state(gen)
     clock = {"start": None}  # the loop's start on _clock, once it runs
-    plan: dict[str, Any] = (
-        {"by": "time", "minutes": cfg.max_minutes, "schedule": cfg.lr_schedule}
-        if by_time
-        else {
-            "by": "epochs",
-            "epochs": cfg.epochs,
-            "steps": total,
-            "schedule": cfg.lr_schedule,
-            "stop_minutes": cfg.max_minutes,
-        }
-    )
-    if cfg.lr_schedule == "cosine":
-        plan.update(lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
+    plan = _lr_plan(cfg, by_time, total)
 
     def elapsed() -> float:
         """Training time of the run so far: before this call plus this call's loop."""
@@ -996,21 +916,8 @@ def _train(
                         now = _clock()
                         ips = (step - log_step) * cfg.batch_size * d.world / max(now - t_log, 1e-9)
                         t_log, log_step = now, step
-                        rec = {
-                            "step": step,
-                            "epoch": epoch + 1,
-                            "loss": vals[0],
-                            "recon": vals[1],
-                            "kl": vals[2],
-                            "mse": vals[3],
-                            "img_per_s": round(ips, 1),
-                            "lr": opt.param_groups[0]["lr"],
-                            "beta": beta,
-                            "lr_plan": plan["by"],
-                        }
-                        if by_time:
-                            rec["elapsed_s"] = round(run_s, 3)
-                        log(rec)
+                        lr_now = opt.param_groups[0]["lr"]
+                        log(_log_record(step, epoch, vals, ips, lr_now, beta, plan, run_s))
                         bar.set_postfix(loss=f"{vals[0]:.4g}", img_s=f"{ips:.0f}")
                         sums.zero_()
                         n_sum = 0
@@ -1049,18 +956,7 @@ def _train(
                 )  # fmt: skip
             _barrier(d)
         if stop_reason in ("max_minutes", "max_steps") and out_main and progress:
-            if budget_spent:
-                msg = (
-                    f"stopped at step {step}: the {cfg.max_minutes:g}-minute budget is spent "
-                    "and the learning rate is at its floor; the run is saved (--resume with a "
-                    "larger --max-minutes trains on)"
-                )
-            else:
-                msg = (
-                    f"stopped at step {step} ({stop_reason.replace('_', ' ')} reached); "
-                    "the run is saved: --resume continues it"
-                )
-            bar.write(msg, file=sys.stderr)
+            bar.write(_stop_message(cfg, step, stop_reason, budget_spent), file=sys.stderr)
     except KeyboardInterrupt:
         # A Ctrl-C outside a step (e.g. during evaluation) still leaves a consistent state.
         if not in_step and state["saved_step"] != step:
@@ -1069,6 +965,189 @@ def _train(
     finally:
         bar.close()
     return vae.eval()
+
+
+def _prepare_data(
+    data: Any,
+    out: Path,
+    mcfg: VAEConfig,
+    cfg: TrainConfig,
+    ckpt: dict[str, Any] | None,
+    cache: Any,
+    progress: bool,
+    d: _Dist,
+) -> tuple[PreparedCache, VAEConfig, np.ndarray, np.ndarray]:
+    """Open (or prepare) the data, fill in the model config's crop and attribute head from it,
+    and check that it can train this config: the cache, the config, the train rows and the
+    rows evaluated at each epoch's end (valid, else test; at most ``eval_samples``)."""
+    c = _open_data(data, out, mcfg.image_size, cache, cfg.workers, progress, d)
+    if mcfg.crop is None:
+        mcfg = dataclasses.replace(mcfg, crop=data_crop(c.meta))
+    if mcfg.attr_dim == 0 and mcfg.attr_weight > 0 and c.attr_names:
+        # the attribute head is on by default for labelled data: one output per label
+        mcfg = dataclasses.replace(mcfg, attr_dim=len(c.attr_names))
+    train_idx = c.split("train")
+    if train_idx.size == 0:
+        raise TrainError(
+            f"the train split of {c.path} is empty (no row of partition.npy is 0): give data "
+            "with training images"
+        )
+    share = -(-train_idx.size // d.world)
+    if cfg.batch_size > share:
+        per = f" per process with {d.world} processes" if d.world > 1 else ""
+        raise TrainError(
+            f"--batch-size {cfg.batch_size} is larger than the train split ({share} images"
+            f"{per}): use --batch-size {share} or less"
+        )
+    if mcfg.attr_dim and mcfg.attr_dim != len(c.attr_names):
+        raise TrainError(
+            f"the model's attr_dim is {mcfg.attr_dim} but {c.path} has {len(c.attr_names)} "
+            f"attributes: set attr_dim to {len(c.attr_names)}"
+        )
+    valid_idx = c.split("valid")
+    if valid_idx.size == 0:
+        valid_idx = c.split("test")
+    valid_idx = valid_idx[: cfg.eval_samples]
+
+    if (
+        d.world > 1
+        and ckpt is not None
+        and ckpt["batch_in_epoch"]
+        and ckpt["world_size"] != d.world
+    ):
+        raise TrainError(
+            f"the checkpoint stopped mid-epoch with {ckpt['world_size']} process(es): resume "
+            f"with the same number (now {d.world})"
+        )
+
+    return c, mcfg, train_idx, valid_idx
+
+
+def _new_model(
+    mcfg: VAEConfig, cfg: TrainConfig, ckpt: dict[str, Any] | None, device: torch.device, d: _Dist
+) -> tuple[ConceptVAE, torch.Generator]:
+    """The model (seeded, or the checkpoint's weights) on ``device`` in train mode, and this
+    rank's generator for the sampling noise."""
+    torch.manual_seed(cfg.seed)
+    vae = ConceptVAE(mcfg)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed + 7919 * d.rank)
+    if ckpt is not None:
+        vae.load_state_dict(ckpt["model"])
+    # channels_last: faster convolutions on CUDA (tensor cores) and on CPU (oneDNN).
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    vae = vae.to(device, memory_format=fmt)
+    vae.train()
+    return vae, gen
+
+
+def _optimizer(
+    vae: ConceptVAE,
+    cfg: TrainConfig,
+    total: int | None,
+    by_time: bool,
+    ckpt: dict[str, Any] | None,
+    gen: torch.Generator,
+    d: _Dist,
+) -> tuple[torch.optim.Optimizer, Any, float]:
+    """AdamW and its LR schedule (cosine over ``total`` steps, or constant: a time-planned
+    cosine is set before each step instead), restored from the checkpoint when resuming with
+    the noise generator's state; and the training seconds before this call."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine" and not by_time:
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, total), eta_min=cfg.lr * cfg.min_lr_ratio
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    # training time before this call (the time plan's clock), from the checkpoint
+    elapsed0 = 0.0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        # A checkpoint of the other plan holds the other scheduler's state: its step count
+        # (last_epoch) is what carries over, the rest is inert.
+        sched.load_state_dict(ckpt["scheduler"])
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(1, total)  # --epochs may have changed
+        elapsed0 = float(ckpt.get("elapsed_s", 0.0))  # 0 for checkpoints made before it
+        _set_rng_state(ckpt["rng"], gen)
+        if d.world > 1:  # only rank 0's noise was saved: give each rank its own again
+            gen.manual_seed(cfg.seed + 7919 * d.rank + 104729 * ckpt["step"])
+    return opt, sched, elapsed0
+
+
+def _step_module(vae: ConceptVAE, cfg: TrainConfig, device: torch.device, d: _Dist) -> nn.Module:
+    """The module one step calls: the loss around ``vae`` (compiled with ``cfg.compile``),
+    wrapped in DDP with more than one process."""
+    step_module: nn.Module = _LossModule(vae)
+    if cfg.compile:
+        vae.compile()
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return step_module
+
+
+def _lr_plan(cfg: TrainConfig, by_time: bool, total: int | None) -> dict[str, Any]:
+    """What the run's length and LR follow, as recorded in the checkpoint and metrics."""
+    plan: dict[str, Any] = (
+        {"by": "time", "minutes": cfg.max_minutes, "schedule": cfg.lr_schedule}
+        if by_time
+        else {
+            "by": "epochs",
+            "epochs": cfg.epochs,
+            "steps": total,
+            "schedule": cfg.lr_schedule,
+            "stop_minutes": cfg.max_minutes,
+        }
+    )
+    if cfg.lr_schedule == "cosine":
+        plan.update(lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
+    return plan
+
+
+def _log_record(
+    step: int,
+    epoch: int,
+    vals: list[float],
+    ips: float,
+    lr: float,
+    beta: float,
+    plan: dict[str, Any],
+    run_s: float,
+) -> dict[str, Any]:
+    """One line of metrics.jsonl: the losses averaged since the last line, speed, LR, beta."""
+    rec = {
+        "step": step,
+        "epoch": epoch + 1,
+        "loss": vals[0],
+        "recon": vals[1],
+        "kl": vals[2],
+        "mse": vals[3],
+        "img_per_s": round(ips, 1),
+        "lr": lr,
+        "beta": beta,
+        "lr_plan": plan["by"],
+    }
+    if plan["by"] == "time":
+        rec["elapsed_s"] = round(run_s, 3)
+    return rec
+
+
+def _stop_message(cfg: TrainConfig, step: int, stop_reason: str, budget_spent: bool) -> str:
+    if budget_spent:
+        return (
+            f"stopped at step {step}: the {cfg.max_minutes:g}-minute budget is spent "
+            "and the learning rate is at its floor; the run is saved (--resume with a "
+            "larger --max-minutes trains on)"
+        )
+    return (
+        f"stopped at step {step} ({stop_reason.replace('_', ' ')} reached); "
+        "the run is saved: --resume continues it"
+    )
 
 
 def _reduce_mean(t: torch.Tensor, d: _Dist) -> list[float]:

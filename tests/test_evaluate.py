@@ -2,11 +2,14 @@
 success, leakage and the strength for 90% on a fake model where the right answers are known."""
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conceptvae.data.cache import open_cache
@@ -22,6 +25,7 @@ from conceptvae.evaluate import (
     train_judge,
     write_report,
 )
+from conceptvae.evaluation import charts
 
 torch.set_num_threads(1)
 
@@ -243,6 +247,86 @@ def test_write_report_writes_tables_and_plots_and_refuses_a_full_folder(planted,
     assert (out / "report.md").read_text() == md
 
 
+def _is_a_chart(path, min_size=(250, 150), max_size=(2000, 2000)):
+    """A readable PNG of a sensible size with more than a few colours drawn on white."""
+    with Image.open(path) as im:
+        im.load()
+        rgb = np.asarray(im.convert("RGB"))
+    h, w = rgb.shape[:2]
+    assert min_size[0] <= w <= max_size[0] and min_size[1] <= h <= max_size[1], (path, w, h)
+    assert tuple(rgb[0, 0]) == (255, 255, 255)  # a white page...
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20  # ...with something drawn on it
+    return rgb
+
+
+def test_report_charts_are_pictures_of_the_measured_numbers(planted, tmp_path):
+    _, _, result = planted
+    out = tmp_path / "report"
+    write_report(result, out)
+    for name in ("success_A.png", "success_B.png", "leakage.png", "leakage_A.png"):
+        _is_a_chart(out / name)
+    for m in ("mean", "balanced", "classifier", "conditional"):
+        _is_a_chart(out / f"cosine_{m}.png", min_size=(200, 200))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    # success: one line per method and panel, through the baseline and the measured success
+    fig = charts.success_figure(result, "A")
+    add, remove = fig.axes[:2]
+    assert add.get_title() == "adding A (n=10)" and remove.get_title() == "removing A (n=10)"
+    assert [line.get_label() for line in add.lines[:4]] == [
+        "mean", "balanced", "classifier", "conditional"
+    ]  # fmt: skip
+    for line in add.lines[:4] + remove.lines[:4]:
+        assert list(line.get_xdata()) == [0.0, 0.5, 1.0, 1.5]
+        assert list(line.get_ydata()) == [0.0, 0.5, 1.0, 1.0]
+    assert list(add.lines[4].get_ydata()) == [0.9, 0.9]  # the 90% target, dashed
+
+    # leakage: one bar per attribute and method at its 90% strength (all 0 here)
+    fig = charts.leakage_figure(result)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["A", "B"]
+    assert [p.get_width() for p in ax.patches] == [0.0] * 8
+    fig = charts.attribute_leakage_figure(result, "A")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["B"]
+
+
+def test_charts_draw_missing_values_as_gaps_and_not_reached():
+    fig = charts.line_panels(
+        [("p", [("m", [0, 1, 2], [0.1, None, 0.7])])], xlabel="s", ylabel="y", hline=0.5
+    )
+    (line, target) = fig.axes[0].lines
+    assert list(line.get_xdata()) == [0.0, 2.0] and list(line.get_ydata()) == [0.1, 0.7]
+    fig = charts.bar_panels(["g1", "g2"], [("t", [("m", [0.25, None]), ("n", [0.5, 0.1])])])
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == [0.25, 0.0, 0.5, 0.1]
+    assert [t.get_text() for t in ax.texts] == ["0.25", "n/r", "0.50", "0.10"]
+    assert ax.get_xlim()[1] >= 0.5
+
+
+def test_charts_are_saved_atomically_and_matplotlib_loads_only_when_drawing(tmp_path):
+    fig = charts.line_panels([("p", [("m", [0, 1], [0.2, 0.8])])])
+    path = charts.save_png(fig, tmp_path / "chart.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]
+    _is_a_chart(path)
+    code = "import sys, conceptvae.evaluate; print('matplotlib' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+
+
+def test_charts_drawn_in_threads_match_charts_drawn_one_by_one():
+    """No pyplot state is shared: four threads drawing at once get the same PNGs as one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def draw(k):
+        series = [("m", [0, 1, 2], [0.1 * k, 0.5, 0.9]), ("n", [0, 1, 2], [0.9, 0.5, 0.1 * k])]
+        return charts.png_bytes(charts.line_panels([(f"panel {k}", series)], hline=0.5))
+
+    alone = [draw(k) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(draw, range(4)))
+    assert together == alone and len(set(alone)) == 4
+
+
 def test_a_judge_good_at_nothing_gives_no_edit_metrics(planted, tmp_path):
     root, cache, _ = planted
     result = evaluate(FakeVAE(), cache, None, known_judge(0.8), n_faces=4, progress=False)
@@ -288,3 +372,23 @@ def test_ssim_and_psnr_known_values():
     noisy = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     assert (ssim(x, noisy) < 1).all() and (ssim(x, noisy) > ssim(x, 1 - x)).all()
     assert torch.allclose(psnr(x * 0 + 0.5, x * 0 + 0.6), torch.full((2,), 20.0), atol=1e-4)
+
+
+def test_ssim_and_psnr_agree_with_scikit_image():
+    """Our batched torch SSIM is Wang et al.'s as scikit-image computes it (Gaussian window,
+    sigma 1.5, population covariance, data range 1, border cropped), per channel then averaged."""
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 40, 48, generator=g)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    y[2] = 1 - x[2]  # and a dissimilar pair
+    ours, ours_psnr = ssim(x, y), psnr(x, y)
+    for i in range(3):
+        a, b = (t[i].permute(1, 2, 0).double().numpy() for t in (x, y))
+        ref = metrics.structural_similarity(
+            a, b, channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False,
+        )  # fmt: skip
+        assert float(ours[i]) == pytest.approx(ref, abs=1e-4)
+        ref_psnr = metrics.peak_signal_noise_ratio(a, b, data_range=1.0)
+        assert float(ours_psnr[i]) == pytest.approx(ref_psnr, abs=1e-3)

@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from attributes import report
 from attributes.bank import VectorBank
 from attributes.errors import VectorError
 from attributes.estimators import AttributeVectors
-from attributes.report import Report, _heatmap_layout, quality_report
+from attributes.report import Report, _heatmap_figure, quality_report
 
 N, D = 3000, 16
 
@@ -110,25 +111,42 @@ def test_report_rejects_mismatched_inputs():
         quality_report(np.stack([d]), ["A"], z, labels.astype(np.int8) * 2 - 1, names)
 
 
-def test_heatmap_colours_and_size(tmp_path):
+def _laid_out(fig):
+    """Draw ``fig`` once (as saving does) so its axes sit where they are in the PNG."""
+    fig.savefig(io.BytesIO(), format="png")
+    return fig
+
+
+def test_heatmap_draws_each_cosine_in_its_cell_in_its_colour(tmp_path):
     e = np.eye(D)
     z, labels, names, d, r = planted()
-    rep = quality_report(np.stack([e[0], -e[0], e[1]]), ["A", "B", "C"], z, labels, names)
+    vectors = np.stack([e[0], -e[0], e[1], np.zeros(D)])  # cosines +1, -1, 0, and undefined
+    rep = quality_report(vectors, ["A", "B", "C", "E"], z, labels, names)
     path = rep.cosine_heatmap(tmp_path / "plots" / "cos.png", title="cosine")
     assert [p.name for p in path.parent.iterdir()] == ["cos.png"]  # no temporary left
     img = Image.open(path).convert("RGB")
-    lay = _heatmap_layout(rep.names, "cosine")
-    assert img.size == (lay["width"], lay["height"])
-    assert 3 * lay["cell"] < img.size[0] < 3 * lay["cell"] + 300
+    fig = _laid_out(_heatmap_figure(rep.cosine, rep.names, "cosine"))  # what was drawn
+    width, height = fig.get_size_inches() * fig.dpi
+    assert abs(img.size[0] - width) <= 1 and abs(img.size[1] - height) <= 1
+    assert 200 < img.size[0] < 700 and 200 < img.size[1] < 700
+    ax = fig.axes[0]
+    drawn = ax.images[0].get_array()
+    assert np.array_equal(drawn.mask, np.isnan(rep.cosine))
+    np.testing.assert_allclose(drawn.filled(np.nan), rep.cosine)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["A", "B", "C", "E"]
+    assert {"+1.00", "-1.00", "+0.00", "n/a"} <= {t.get_text() for t in ax.texts}
+    assert ax.get_title() == "cosine"
 
     def cell(row, col):  # a pixel near the cell's corner, clear of the printed value
-        return img.getpixel((lay["x0"] + col * lay["cell"] + 3, lay["y0"] + row * lay["cell"] + 3))
+        x, y = ax.transData.transform((col - 0.35, row - 0.35))
+        return img.getpixel((int(x), int(img.height - y)))
 
     red, green, blue = cell(0, 0)  # +1
-    assert red > 150 and red > green + 100 and red > blue + 100
+    assert red > 80 and red > green + 60 and red > blue + 60
     red, green, blue = cell(0, 1)  # -1
-    assert blue > 150 and blue > red + 100
-    assert min(cell(0, 2)) > 240  # 0 is white
+    assert blue > 80 and blue > red + 60
+    assert min(cell(0, 2)) > 230  # 0 is white
+    assert cell(0, 3) == (200, 200, 200)  # undefined is grey
 
 
 def test_heatmap_stays_readable_for_40_attributes(tmp_path):
@@ -137,10 +155,16 @@ def test_heatmap_stays_readable_for_40_attributes(tmp_path):
     z = rng.normal(size=(200, 8))
     labels = rng.integers(0, 2, (200, 40))
     rep = quality_report(rng.normal(size=(40, 8)), names, z, labels, names)
-    img = Image.open(rep.cosine_heatmap(tmp_path / "cos.png"))
-    lay = _heatmap_layout(names, None)
-    assert lay["cell"] == 14
-    assert 40 * 14 < img.size[0] < 40 * 14 + 300 and 40 * 14 < img.size[1] < 40 * 14 + 300
+    img = Image.open(rep.cosine_heatmap(tmp_path / "cos.png")).convert("RGB")
+    assert 40 * 14 < img.size[0] < 40 * 14 + 400 and 40 * 14 < img.size[1] < 40 * 14 + 400
+    fig = _laid_out(_heatmap_figure(rep.cosine, names, None))
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0 and len(ax.get_xticklabels()) == 40  # no values, every name
+    x0, y0 = ax.transData.transform((-0.5, -0.5))
+    x1, y1 = ax.transData.transform((39.5, 39.5))
+    assert abs(x1 - x0) >= 40 * 12  # cells stay at least 12 px wide
+    colours = np.asarray(img).reshape(-1, 3)
+    assert len(np.unique(colours, axis=0)) > 100  # a drawn map, not a blank page
     with pytest.raises(VectorError, match=r"ending in \.png"):
         rep.cosine_heatmap(tmp_path / "cos.jpg")
 
