@@ -143,13 +143,7 @@ class EditPipeline:
             aligned = [align_face(pixels, f, self.frame) for f in faces]
         else:
             aligned = [whole_image_face(pixels, self.frame)]
-        crops = torch.stack([_crop_tensor(a.crop) for a in aligned]).to(self.vae.device)
-        z = self.encode(crops, refine=refine)
-        with torch.inference_mode():
-            recon = self.vae.decode(z).float().clamp(0, 1)
-        mse = (recon - crops).square().flatten(1).mean(1).clamp_min(1e-10)
-        psnr = (10 * torch.log10(1.0 / mse)).tolist()
-        out = [FaceLatent(a, z[i].detach(), recon[i].cpu(), psnr[i]) for i, a in enumerate(aligned)]
+        out = self.encode_faces(aligned, refine=refine)
         for i, f in enumerate(out):
             if f.psnr < FAR_PSNR_DB:
                 which = f" (face {i})" if len(out) > 1 else ""
@@ -160,6 +154,19 @@ class EditPipeline:
                     stacklevel=2,
                 )
         return PreparedPhoto(p, pixels, out)
+
+    def encode_faces(self, aligned: list[AlignedFace], refine: int = 0) -> list[FaceLatent]:
+        """Encode aligned faces (and reconstruct them, with each one's PSNR); no warnings, so
+        that callers such as ``conceptvae serve`` report far-from-data faces their own way."""
+        crops = torch.stack([_crop_tensor(a.crop) for a in aligned]).to(self.vae.device)
+        z = self.encode(crops, refine=refine)
+        with torch.inference_mode():
+            recon = self.vae.decode(z).float().clamp(0, 1)
+        mse = (recon - crops).square().flatten(1).mean(1).clamp_min(1e-10)
+        psnr = (10 * torch.log10(1.0 / mse)).tolist()
+        return [
+            FaceLatent(a, z[i].detach(), recon[i].cpu(), psnr[i]) for i, a in enumerate(aligned)
+        ]
 
     def encode(self, crops: torch.Tensor, refine: int = 0, lr: float = 0.05) -> torch.Tensor:
         """Posterior means of (B, 3, S, S) crops in [0, 1]; with ``refine`` > 0, that many Adam
