@@ -5,6 +5,8 @@ output folder is refused (untouched) without --force and replaced with it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -14,10 +16,10 @@ from test_edit import make_run
 
 from attributes.bank import VectorBank
 from conceptvae.cli import cli
-from conceptvae.data import open_dataset
+from conceptvae.data import CELEBA_ATTRIBUTES, open_dataset
 from conceptvae.data.cache import prepare
 from conceptvae.data.synth import write_synthfaces
-from conceptvae.demo import FAST, FILES, run_demo
+from conceptvae.demo import CELL, DEFAULT_STRENGTH, FAST, FILES, PHOTO_SIZE, run_demo
 from conceptvae.evaluate import JUDGE_DIR, train_judge
 from conceptvae.model import ConceptVAE
 
@@ -27,6 +29,49 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:.*far from the training data:UserWarning")
 
 PICTURES = [name for name in FILES if name.endswith((".png", ".gif"))]
+# the smallest (width, height) of each picture at the FAST sizes
+MIN_SIZE = {
+    "smile_edit.png": (FAST.edit_faces * CELL, 2 * CELL),
+    "sweep.png": (len(FAST.sweep) * CELL, CELL),
+    "sweep.gif": (CELL, CELL),
+    "interpolation.png": ((FAST.interp_steps + 2) * CELL, CELL),
+    "plane.png": (len(FAST.plane) * CELL, len(FAST.plane) * CELL),
+    "samples.png": (4 * 64, 4 * 64),  # 16 samples of a 64 px model, 4 x 4
+    "photo_before.png": PHOTO_SIZE,
+    "photo_edit.png": PHOTO_SIZE,
+    "hero.png": (2 * 320, 320),
+}
+
+
+def check_pictures(out):
+    """Every picture reads back, is at least its expected size and is not blank."""
+    assert sorted(MIN_SIZE) == sorted(PICTURES)
+    for name in PICTURES:
+        with Image.open(out / name) as im:
+            im.load()
+            w, h = MIN_SIZE[name]
+            assert im.width >= w and im.height >= h, (name, im.size)
+            if name.endswith(".gif"):
+                assert im.n_frames == 2 * FAST.gif_frames - 2  # played back and forth
+            pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10, f"{name} is blank"  # faces, not one flat colour
+
+
+def check_report(report):
+    """report.json holds the reconstruction numbers, the judge of every attribute and the
+    run's settings; report.md shows the same PSNR."""
+    data = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    # a one-epoch judge judges nothing: the report says so instead of scoring edits
+    assert data["status"] in ("ok", "no_judged_attributes")
+    assert data["status"] == "ok" or "judge" in data["message"]
+    rec = data["reconstruction"]
+    assert 0 < rec["n"] <= FAST.test_faces and 5 < rec["psnr"] < 60 and 0 < rec["ssim"] <= 1
+    assert sorted(data["judge"]["accuracy"]) == sorted(CELEBA_ATTRIBUTES)
+    assert data["settings"]["methods"] == list(FAST.methods)
+    assert data["settings"]["strengths"] == [float(x) for x in FAST.strengths]
+    md = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Reconstruction" in md and f"{rec['psnr']:.2f}" in md
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +98,8 @@ def demo(model_dir):
 
 def test_demo_writes_every_file_and_they_read_back(demo):
     out, output = demo
-    for name in PICTURES:
-        with Image.open(out / name) as im:
-            im.load()
-            assert im.width >= 64 and im.height >= 64, name
-            if name.endswith(".gif"):
-                assert im.n_frames == 2 * FAST.gif_frames - 2  # played back and forth
-    with Image.open(out / "smile_edit.png") as im:  # two rows of crops at the grid's cell size
-        assert im.height >= 2 * 128
-    report = out / "report"
-    assert (report / "report.md").is_file() and (report / "report.json").is_file()
+    check_pictures(out)
+    check_report(out / "report")
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".out")]  # no stage
     assert "wrote the demo to" in output and output.count("\n") >= 8  # a line per step
 
@@ -72,8 +109,10 @@ def test_readme_names_every_file(demo):
     readme = (out / "README.md").read_text(encoding="utf-8")
     for name in FILES:
         assert f"`{name}`" in readme
-        assert (out / name).exists(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.rstrip("/") for n in FILES)
     assert "conceptvae demo" in readme and " s." in readme  # the command and the time
+    psnr = check_report(out / "report")["reconstruction"]["psnr"]
+    assert f"PSNR {psnr:.2f} dB" in readme  # the evaluation's numbers, not a placeholder
 
 
 def test_photo_edit_keeps_the_size_and_every_pixel_away_from_the_face(demo):
@@ -104,7 +143,12 @@ def test_a_non_empty_folder_is_refused_untouched_and_replaced_with_force(model_d
     summary = run_demo(out, model=model_dir, fast=True, force=True, log=None)
     assert not (out / "notes.txt").exists()
     assert sorted(p.name for p in out.iterdir()) == sorted(n.rstrip("/") for n in FILES)
-    assert summary["strength"] > 0 and summary["seconds"] > 0
+    # the one-epoch judge cannot measure a strength: the demo says it used its default
+    assert summary["strength"] == DEFAULT_STRENGTH
+    assert summary["strength_source"].startswith("default")
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert f"strength {DEFAULT_STRENGTH:.2f} ({summary['strength_source']}" in readme
+    assert 0 < summary["seconds"] < 600
 
 
 def test_a_model_without_a_judge_fails_before_any_work(model_dir, tmp_path):
@@ -124,10 +168,14 @@ def test_from_scratch_trains_a_model_vectors_and_judge_and_keeps_them(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "-o", str(out), "--from-scratch", "--fast"])
     assert result.exit_code == 0, result.output
     assert "trained a model" in result.output and "trained the judge" in result.output
-    for name in FILES:
-        assert (out / name).exists(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [n.rstrip("/") for n in FILES] + ["model"]
+    )
+    check_pictures(out)
+    check_report(out / "report")
     model = out / "model"
-    assert (model / JUDGE_DIR / "judge.json").is_file()
+    judge = json.loads((model / JUDGE_DIR / "judge.json").read_text(encoding="utf-8"))
+    assert judge["attributes"] == list(CELEBA_ATTRIBUTES)
     assert not (model / "checkpoint.pt").exists()
     vae = ConceptVAE.from_pretrained(model)
     bank = VectorBank.load(model, model_hash=vae.model_hash())

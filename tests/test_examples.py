@@ -4,6 +4,7 @@ sizes. Skipped when the shipped model is not installed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from attributes.bank import VectorBank
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "conceptvae" / "pretrained" / "synthfaces64" / "config.json"
@@ -56,11 +59,18 @@ def test_smile_edit_makes_a_photo_and_edits_it(tmp_path):
 
 def test_own_labels_fits_a_bearded_vector_and_applies_it(tmp_path):
     stdout = run_example("own_labels", "-o", tmp_path, "--n", "200")
-    assert "Bearded" in stdout and "AUC" in stdout  # the quality report
+    assert "AUC" in stdout  # the quality report: a row per vector with its held-out AUC
+    lines = stdout.splitlines()
+    rows = {r.split()[0]: r.split() for r in lines if r.startswith(("Bearded ", "Male "))}
+    assert sorted(rows) == ["Bearded", "Male"]
+    assert all(0.5 < float(r[1]) <= 1.0 for r in rows.values())  # better than chance
     grid = image(tmp_path / "bearded.png")
     assert grid.width > 4 * 178 and 2 * 218 < grid.height < 3 * 218  # 2 rows of 4 faces
-    assert (tmp_path / "own-vectors" / "vectors.json").is_file()
-    assert (tmp_path / "own-vectors" / "vectors.safetensors").is_file()
+    assert np.asarray(grid, dtype=np.float32).std() > 10  # faces, not a blank canvas
+    vae_hash = json.loads((SHIPPED.parent / "vectors.json").read_text())["metadata"]["model_hash"]
+    bank = VectorBank.load(tmp_path / "own-vectors", model_hash=vae_hash)  # for the shipped model
+    assert sorted(bank.names) == ["Bearded", "Male"] and bank.dim == 128
+    assert np.isfinite(bank.vector("Bearded")).all()
 
 
 def test_interpolation_grid_writes_the_grid_and_the_comparison(tmp_path):

@@ -57,7 +57,9 @@ def _find(pred, n=400, seed=0):
 
 def test_text_files_are_celeba_format_byte_for_byte(written):
     out, summary = written
-    assert summary["n"] == N and summary["images_per_s"] > 0
+    assert (summary["n"], summary["seed"], summary["workers"]) == (N, SEED, 1)
+    assert summary["out"] == str(out)
+    assert summary["images_per_s"] == pytest.approx(N / summary["seconds"])  # the summary adds up
     names = [f"{i:06d}.jpg" for i in range(1, N + 1)]
 
     attr = _lines(out / "list_attr_celeba.txt")
@@ -279,7 +281,14 @@ def test_existing_output_folder_is_refused_unless_force(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     write_synthfaces(out, n=3, progress=False, force=True)
     assert not (out / "keep.txt").exists()
-    assert len(list((out / "img_align_celeba").iterdir())) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["img_align_celeba", "README.md", *TEXT_FILES]
+    )
+    assert _lines(out / "list_attr_celeba.txt")[0] == "3"  # the new set's labels, 3 rows
+    assert len(_lines(out / "list_attr_celeba.txt")) == 3 + 2
+    for i in range(1, 4):
+        with Image.open(out / "img_align_celeba" / f"{i:06d}.jpg") as im:
+            assert im.size == (178, 218)
 
 
 def test_a_crash_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):

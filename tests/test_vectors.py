@@ -98,8 +98,23 @@ def test_vectors_are_the_mean_difference_of_the_models_posterior_means(data, tmp
 
     assert meta["metadata"]["method"] == "mean"
     assert meta["metadata"]["counts"]["Bright"] == [int((y[:, 0] == 0).sum()), int(y[:, 0].sum())]
-    for f in (V.REPORT_TEXT, V.REPORT_JSON, V.HEATMAP):
-        assert (run_dir / f).is_file()
+    # the quality report: each vector with its own norm, an AUC, and the cosine matrix
+    rep = json.loads((run_dir / V.REPORT_JSON).read_text())
+    assert rep["names"] == ["Bright", "Red"]
+    cos = np.asarray(rep["cosine"], dtype=np.float64)
+    np.testing.assert_allclose(np.diag(cos), 1.0, atol=1e-5)
+    np.testing.assert_allclose(cos, cos.T, atol=1e-6)
+    text = (run_dir / V.REPORT_TEXT).read_text()
+    for name in ("Bright", "Red"):
+        assert rep["norms"][name] == pytest.approx(float(np.linalg.norm(bank[name])), rel=1e-4)
+        auc = rep["auc"][name]
+        assert auc is None or 0.0 <= auc <= 1.0
+        row = next(line for line in text.splitlines() if line.startswith(name + " "))
+        assert row.split()[1] == ("n/a" if auc is None else f"{auc:.3f}")
+    assert rep["auc"]["Bright"] is not None and rep["auc"]["Bright"] > 0.9  # planted: separable
+    with Image.open(run_dir / V.HEATMAP) as im:
+        assert im.width >= 100 and im.height >= 100
+        assert np.asarray(im.convert("RGB"), dtype=np.float32).std() > 10  # drawn, not blank
     assert "Bright" in r.output and "AUC" in r.output
 
 
