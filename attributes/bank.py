@@ -52,7 +52,7 @@ INFO_NAME = "vectors.json"
 FOOTPRINTS_NAME = "footprints.safetensors"
 # metadata entries that are {name: ...} dicts, kept in step with the vectors they describe
 _PER_VECTOR_KEYS = (
-    "counts", "norms", "effective_counts", "coverage", "confounders", "removal_scale",
+    "counts", "norms", "effective_counts", "coverage", "confounders", "preserved", "removal_scale",
     "calibration", "problems", "vectors",
 )  # fmt: skip
 FORMAT_VERSION = 1
@@ -450,7 +450,10 @@ class VectorBank:
                 cond = [cond] if isinstance(cond, str) else list(cond)
             meta["condition"] = _plain(list(cond))
             meta["base"] = _plain(getattr(est, "base", None))
-        for key in ("confounders_", "coverage_"):  # which labels each vector was balanced on
+        if meta["method"] == "orthogonal":
+            meta["base"] = _plain(getattr(est, "base", None))
+        # which labels each vector was balanced on, and (orthogonal) kept fixed
+        for key in ("confounders_", "coverage_", "preserved_"):
             value = getattr(est, key, None)
             if isinstance(value, dict) and value:
                 meta[key.rstrip("_")] = _plain(value)

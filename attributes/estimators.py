@@ -15,6 +15,12 @@ Four ways to turn "these latents have the attribute, those do not" into a direct
   mean along it.
 - ``conditional``: a ``base`` vector with the directions of chosen ``condition`` attributes
   projected out, so that editing the target leaves them alone.
+- ``orthogonal``: a ``base`` vector made orthogonal to the logistic-regression normals of every
+  other label the data lets vary freely with the target (|r| < ``FREE_CORRELATION`` and not
+  implied: see :func:`implied_by`). A step orthogonal to a label's normal leaves that label's
+  linear score unchanged (the conditional manipulation of InterFaceGAN, Shen et al. 2020, over
+  all free labels at once), where projecting out mean differences does not unless the latents
+  are isotropic.
 
 Everything works on numpy; torch tensors are accepted by duck typing and never imported.
 """
@@ -34,7 +40,7 @@ from threadpoolctl import threadpool_limits
 from attributes._arrays import as_array, to_numpy
 from attributes.errors import UnreliableVectorWarning, VectorError
 
-METHODS = ("mean", "balanced", "classifier", "conditional")
+METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal")
 BASES = ("mean", "balanced", "classifier")
 DIRECTIONS = ("pattern", "normal")  # what the classifier method returns
 DEFAULT_CONFOUNDERS = 3
@@ -42,6 +48,9 @@ MIN_CORRELATION = 0.05  # confounders chosen by count must be at least this corr
 _CHUNK_ELEMENTS = 2_000_000  # a float64 chunk holds at most this many latents (16 MB)
 _CHUNK_ROWS = 8192
 _JOBS_PER_PASS = 32  # balanced vectors computed per pass over the latents
+FREE_CORRELATION = 0.3  # orthogonal: labels correlated with the target by less may not move ...
+IMPLIED_SUPPORT = 0.05  # ... unless the target's value all but fixes theirs (P < this or > 1-this)
+NORMAL_SAMPLES = 8000  # latents per logistic normal of the orthogonal method
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -277,6 +286,49 @@ def _correlations(y: np.ndarray) -> np.ndarray:
     return r
 
 
+def implied_by(
+    y: np.ndarray,
+    target: int,
+    others: Sequence[int],
+    support: float = IMPLIED_SUPPORT,
+    state: int | None = None,
+) -> dict[int, tuple[float, float]]:
+    """The ``others`` (column indices of 0/1 labels ``y``) whose value the target's value all but
+    fixes: index -> (P(other | target = 0), P(other | target = 1)) where either (only the one
+    of ``state`` when given) is below ``support`` or above ``1 - support``. Phi correlation
+    misses these when one label is rare (stubble and Male can correlate by r < 0.3 although
+    every face with stubble is male)."""
+    t = y[:, target].astype(bool)
+    states = (0, 1) if state is None else (int(state),)
+    out = {}
+    for o in others:
+        col = y[:, o].astype(bool)
+        ps = tuple(float(col[t == s].mean()) if (t == s).any() else 0.5 for s in (False, True))
+        if any(ps[s] < support or ps[s] > 1.0 - support for s in states):
+            out[o] = ps
+    return out
+
+
+def _logistic_normal(z: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The unit normal (D,) in raw latent units of a logistic regression (C = 1, balanced
+    classes) of 0/1 ``y`` on ``z``, fitted on at most ``NORMAL_SAMPLES`` rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.arange(y.shape[0])
+    if rows.size > NORMAL_SAMPLES:
+        rows = np.sort(rng.choice(rows, size=NORMAL_SAMPLES, replace=False))
+    x = z[rows].astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    ys = y[rows]
+    if ys.min() == ys.max():
+        return np.zeros(z.shape[1])
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500)
+    w = model.fit((x - mean) / std, ys).coef_[0] / std
+    norm = float(np.linalg.norm(w))
+    return w / norm if norm > 0 and np.isfinite(norm) else np.zeros(z.shape[1])
+
+
 def _pick_confounders(
     target: int, conf_names: list[int] | None, k: int, r: np.ndarray | None
 ) -> list[int]:
@@ -353,7 +405,8 @@ class AttributeVectors:
 
     Parameters follow scikit-learn: ``__init__`` stores them, :meth:`fit` checks them.
 
-    - ``method``: ``"mean"``, ``"balanced"``, ``"classifier"`` or ``"conditional"``.
+    - ``method``: ``"mean"``, ``"balanced"``, ``"classifier"``, ``"conditional"`` or
+      ``"orthogonal"``.
     - ``attributes``: names to fit (default all; for ``conditional``, all but the conditions).
     - ``confounders``: for ``balanced`` (and the condition vectors of ``conditional``), the
       attributes to balance: a list of names, or a number k of the other attributes most
@@ -364,7 +417,7 @@ class AttributeVectors:
       Their directions are ``balanced`` vectors whose confounders always include the target, so
       the target does not leak into them. A requested target that is itself a condition keeps
       its ``base`` vector unchanged; asking only for condition attributes is an error.
-    - ``base``: the method giving the target vector of ``conditional``.
+    - ``base``: the method giving the target vector of ``conditional`` and ``orthogonal``.
     - ``min_count``: fewer examples than this in a class warns with
       :class:`UnreliableVectorWarning`.
     - ``cv``, ``Cs``, ``max_samples``, ``random_state``: the ``classifier`` method's
@@ -389,7 +442,8 @@ class AttributeVectors:
     ``confounders_`` and ``coverage_`` (per balanced target: the attributes balanced, the share of
     samples in cells holding both classes), ``condition_`` (the condition names as resolved
     against ``names``, empty unless ``conditional``), ``condition_confounders_``
-    (``conditional`` only: target -> condition -> the confounders its direction was balanced on).
+    (``conditional`` only: target -> condition -> the confounders its direction was balanced on),
+    ``preserved_`` (``orthogonal`` only: target -> the labels whose normals it is orthogonal to).
     """
 
     def __init__(
@@ -440,7 +494,7 @@ class AttributeVectors:
                 "method='conditional' needs condition=[...]: the attributes to keep unchanged"
             )
         uses_classifier = self.method == "classifier" or (
-            self.method == "conditional" and self.base == "classifier"
+            self.method in ("conditional", "orthogonal") and self.base == "classifier"
         )
         if self.direction != "pattern" and not uses_classifier:
             raise VectorError(
@@ -508,7 +562,9 @@ class AttributeVectors:
             given = _as_names(self.confounders, "confounders")
             conf_names = list(dict.fromkeys(_resolve(c, names, "confounders") for c in given))
             k = len(conf_names)
-        needs_r = conf_names is None and self.method in ("balanced", "conditional")
+        needs_r = self.method == "orthogonal" or (
+            conf_names is None and self.method in ("balanced", "conditional")
+        )
         r = _correlations(y) if needs_r else None
 
         def pick(target: int) -> list[int]:
@@ -522,7 +578,7 @@ class AttributeVectors:
         self.confounders_: dict[str, list[str]] = {}
         self.coverage_: dict[str, float] = {}
         self.condition_confounders_: dict[str, dict[str, list[str]]] = {}
-        base = self.base if self.method == "conditional" else self.method
+        base = self.base if self.method in ("conditional", "orthogonal") else self.method
         vectors, counts, effective = self._fit_base(base, z, y, names, targets, pick)
 
         if self.method == "conditional":
@@ -532,6 +588,9 @@ class AttributeVectors:
             )
             for k in free:
                 vectors[k] = project_out(vectors[k], cond_vectors[targets[k]])
+        self.preserved_: dict[str, list[str]] = {}
+        if self.method == "orthogonal":
+            vectors = self._orthogonal(z, y, names, targets, vectors, r, all_counts)
 
         _warn_small([names[i] for i in targets], counts, self.min_count, "attribute")
         self.names_ = [names[i] for i in targets]
@@ -541,6 +600,34 @@ class AttributeVectors:
         self.norms_ = np.linalg.norm(vectors, axis=1).astype(np.float32)
         self.condition_ = [names[c] for c in conditions]
         return self
+
+    def _orthogonal(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        names: list[str],
+        targets: list[int],
+        vectors: np.ndarray,
+        r: np.ndarray,
+        counts: np.ndarray,
+    ) -> np.ndarray:
+        """Each target's vector orthogonal to the normals of the labels free to stay fixed."""
+        rng = np.random.default_rng(self.random_state)
+        usable = [o for o in range(len(names)) if counts[o].min() >= self.min_count]
+        normals: dict[int, np.ndarray] = {}
+        out = vectors.copy()
+        for k, t in enumerate(targets):
+            loose = [o for o in usable if o != t and abs(r[t, o]) < FREE_CORRELATION]
+            fixed = implied_by(y, t, loose)
+            keep = [o for o in loose if o not in fixed]
+            for o in keep:
+                if o not in normals:
+                    normals[o] = _logistic_normal(z, y[:, o], rng)
+            basis = [normals[o] for o in keep if np.any(normals[o])]
+            if basis:
+                out[k] = project_out(vectors[k], np.stack(basis))
+            self.preserved_[names[t]] = [names[o] for o in keep]
+        return out
 
     def _balanced(
         self,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attributes.estimators import _correlations
+from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
 CALIBRATION_TARGET = 0.97  # strength 1: this share of held-out faces judged as wanted
@@ -430,6 +430,60 @@ def problems(record: dict[str, Any]) -> list[str]:
 SUCCESS_GOAL = 0.95  # what "works" means in the tables: this success ...
 LEAKAGE_GOAL = 0.02  # ... with at most this leakage, at strength 1
 OCCLUDED_ACCURACY = 0.90  # the judge tells an attribute this well on faces with the target
+# a flip is only the vector's fault where the judge can vouch for it and the data allows both
+# values: an attribute the judge tells below this balanced accuracy (on valid) ...
+RELIABLE_ACCURACY = 0.95
+# ... or one whose value the target's new state fixes in the training labels (P(o | target) <
+# IMPLIED_SUPPORT or > 1 - it: stubble implies Male, grey hair excludes brown) is not free
+REASONS = ("implied", "hidden", "weak judge", "vector")
+
+
+def implied(
+    train_labels: np.ndarray, names: Sequence[str], attribute: str, others: Sequence[str],
+    state: int, support: float = IMPLIED_SUPPORT,
+) -> dict[str, float]:  # fmt: skip
+    """The ``others`` whose value the target's ``state`` (1: has it, 0: lacks it) all but fixes
+    in the labels: name -> P(other | target = state), below ``support`` or above ``1 -
+    support`` (:func:`attributes.estimators.implied_by`). An edit to that state cannot keep
+    them without leaving the data the model learned: stubble implies Male in SynthFaces
+    although they correlate by r = 0.29 only."""
+    names = list(names)
+    found = implied_by(
+        np.asarray(train_labels), names.index(attribute), [names.index(o) for o in others],
+        support, state=state,
+    )  # fmt: skip
+    return {names[o]: ps[int(state)] for o, ps in found.items()}
+
+
+def leakage_reasons(
+    judge: Any, others: Sequence[str], hidden: Sequence[str], implied_by: dict[str, float],
+    min_accuracy: float = RELIABLE_ACCURACY,
+) -> dict[str, str]:  # fmt: skip
+    """Why each of ``others`` may flip under an edit: ``implied`` by the data, ``hidden`` by the
+    target from the judge, ``weak judge`` (its balanced accuracy is below ``min_accuracy``), or
+    else ``vector``: a flip the vector itself is to blame for."""
+    out = {}
+    for o in others:
+        acc = judge.accuracy.get(o)
+        if o in implied_by:
+            out[o] = "implied"
+        elif o in set(hidden):
+            out[o] = "hidden"
+        elif acc is None or acc < min_accuracy:
+            out[o] = "weak judge"
+        else:
+            out[o] = "vector"
+    return out
+
+
+def explain(cell: dict[str, Any], reasons: dict[str, str], detail: dict[str, str], top: int = 3):
+    """The largest flips of a measured edit with their reasons, as short phrases."""
+    flips = sorted(cell["flips"].items(), key=lambda kv: -kv[1])
+    return [
+        f"{o} {f:.0%} ({reasons.get(o, 'vector')}{detail.get(o, '')})"
+        for o, f in flips[:top]
+        if f >= LEAKAGE_GOAL
+    ]
 
 
 @torch.inference_mode()
@@ -499,7 +553,10 @@ def measure_edits(
     :func:`calibrate`) at strength +1 (faces without it) and -1 (faces with it), per blend,
     on up to ``n_faces`` faces of a split (``idx``/``z``/``labels``). Leakage is given over all
     independent judged attributes (``leakage``) and without those ``hidden`` by the target
-    (``leakage_visible``); ``ssim_outside`` compares only where the footprint does not reach."""
+    (``leakage_visible``), and over the *free* ones only (``leakage_free``: neither implied by
+    the data, nor hidden, nor weakly judged; see :func:`leakage_reasons`), with ``why``: the
+    largest flips and their reasons. ``ssim_outside`` compares only where the footprint does
+    not reach."""
     from conceptvae.data import Frame
     from conceptvae.faces import face_mask
 
@@ -512,6 +569,7 @@ def measure_edits(
     weight = footprint_weight(cal["footprints"][attribute])
     others = independent_columns(judge, names, train_labels, attribute, judged)
     visible = [c for c in others if judge.names[c] not in set(hidden)]
+    other_names = [judge.names[c] for c in others]
     col = judge.names.index(attribute)
     rng = np.random.default_rng([seed, 4, t])
     out: dict[str, Any] = {}
@@ -530,7 +588,26 @@ def measure_edits(
             [_decode(vae, z0[k : k + 256] + step[None]).cpu() for k in range(0, rows.size, 256)]
         )
         before = judge.decide(x).cpu()
-        res: dict[str, Any] = {"n": int(rows.size)}
+        implied_by = implied(train_labels, names, attribute, other_names, 1 - label)
+        reasons = leakage_reasons(judge, other_names, hidden, implied_by)
+        free = [c for c in others if reasons[judge.names[c]] == "vector"]
+        detail = {o: f", P={p:.2f} given the target" for o, p in implied_by.items()}
+        detail.update(
+            {o: f", accuracy {judge.accuracy.get(o) or 0:.2f}"
+             for o, r in reasons.items() if r == "weak judge"}
+        )  # fmt: skip
+        res: dict[str, Any] = {"n": int(rows.size), "reasons": reasons, "implied": implied_by}
+        # the null edit: the local blend with no step, i.e. the reconstruction inside the
+        # footprint; its flips are the model's redrawing, not the vector's doing
+        null = judge.decide(crop_edit(x, d0, d0, "local", weight=weight, mask=mask)).cpu()
+        null_flips = (null != before).float().mean(0)
+        res["null"] = {
+            "leakage_free": float(null_flips[free].mean()) if free else 0.0,
+            "flips": {judge.names[c]: float(null_flips[c]) for c in others},
+        }
+        for c in others:
+            o = judge.names[c]
+            detail[o] = detail.get(o, "") + f", {float(null_flips[c]):.0%} with no step"
         for blend in blends:
             img = crop_edit(x, d0, d1, blend, weight=weight, mask=mask)
             after = judge.decide(img).cpu()
@@ -540,10 +617,56 @@ def measure_edits(
                 "success": float(hit.float().mean()),
                 "leakage": float(flips[others].mean()) if others else 0.0,
                 "leakage_visible": float(flips[visible].mean()) if visible else 0.0,
+                "leakage_free": float(flips[free].mean()) if free else 0.0,
                 "flips": {judge.names[c]: float(flips[c]) for c in others},
                 "ssim": _outside_ssim(img, x, None),
                 "ssim_outside": _outside_ssim(img, x, weight),
             }
+            res[blend]["why"] = explain(res[blend], reasons, detail)
         out[direction] = res
     out["hidden"] = list(hidden)
     return out
+
+
+def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "local") -> list:
+    """One row per (attribute, direction) of ``measured`` (attribute -> ``{"methods": {method:
+    measure_edits(...)}}``): the best method (one that works first, then the fewest flips,
+    then the most success), its numbers with ``blend``, whether it works by the issue's
+    leakage and by free leakage, whether every method is within 10 points of it, and why it
+    leaks."""
+    rows = []
+    for a, v in measured.items():
+        for d in ("add", "remove"):
+            cells = {
+                m: v["methods"][m][d][blend]
+                for m in methods
+                if m in v["methods"] and v["methods"][m].get(d) is not None
+            }
+            if not cells:
+                continue
+
+            def score(c):
+                ok = c["success"] >= SUCCESS_GOAL and c["leakage"] <= LEAKAGE_GOAL
+                return (ok, -c["leakage"] if ok else c["success"] - c["leakage"])
+
+            best = max(cells, key=lambda m: score(cells[m]))
+            c = cells[best]
+            top = c["success"]
+            reached = c["success"] >= SUCCESS_GOAL
+            rows.append(
+                {
+                    "attribute": a,
+                    "direction": d,
+                    "best_method": best,
+                    **{k: c.get(k) for k in ("success", "leakage", "leakage_visible",
+                                              "leakage_free", "ssim", "ssim_outside")},
+                    "works": reached and c["leakage"] <= LEAKAGE_GOAL,
+                    "works_visible": reached and c["leakage_visible"] <= LEAKAGE_GOAL,
+                    "works_free": reached and c.get("leakage_free", 1.0) <= LEAKAGE_GOAL,
+                    "methods_within_10": all(top - x["success"] <= 0.10 for x in cells.values()),
+                    "success_by_method": {m: x["success"] for m, x in cells.items()},
+                    "leakage_by_method": {m: x["leakage"] for m, x in cells.items()},
+                    "why": c.get("why", []),
+                }
+            )  # fmt: skip
+    return rows

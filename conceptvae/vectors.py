@@ -34,9 +34,10 @@ LATENTS_DIR = "latents"
 REPORT_TEXT = "vectors_report.txt"
 REPORT_JSON = "vectors_report.json"
 HEATMAP = "vectors_cosine.png"
-METHODS = ("mean", "balanced", "classifier", "conditional")
-BEST_OF = ("mean", "balanced", "classifier")  # what --method best tries (with --condition: the
-# conditional method): per attribute, the one that works on the valid split, least leakage first
+METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal")
+# what --method best tries (with --condition: the conditional method): per attribute, the one
+# that works on the valid split, least leakage first
+BEST_OF = ("mean", "balanced", "classifier", "orthogonal")
 
 
 @torch.inference_mode()
@@ -142,6 +143,8 @@ def make_estimator(
         return AttributeVectors(
             "conditional", attributes=attributes, condition=condition, base=base
         )
+    if method == "orthogonal":  # the balanced vector, orthogonal to the free labels' normals
+        return AttributeVectors("orthogonal", attributes=attributes, base="balanced")
     return AttributeVectors(method, attributes=attributes)
 
 
@@ -296,7 +299,7 @@ def _best_of(banks: dict[str, VectorBank]) -> VectorBank:
     meta["method"] = "best"
     meta["methods"] = chosen
     for key in ("calibration", "removal_scale", "norms", "counts", "effective_counts",
-                "coverage", "confounders"):  # fmt: skip
+                "coverage", "confounders", "preserved"):  # fmt: skip
         meta[key] = {
             n: banks[m].metadata.get(key, {})[n]
             for n, m in chosen.items()
@@ -335,7 +338,8 @@ class _BlindJudge:
         return []
 
 
-_PER_VECTOR = ("effective_counts", "coverage", "confounders", "calibration", "problems")
+_PER_VECTOR = ("effective_counts", "coverage", "confounders", "preserved", "calibration",
+               "problems")  # fmt: skip
 
 
 def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:

@@ -633,6 +633,9 @@ def test_evaluate_calibrated_summary_has_the_planted_success_and_leakage(evaluat
     assert add["success"] == 1.0 and rem["success"] == 1.0
     assert add["leakage"] == 0.25 and rem["leakage"] == 0.0  # 2 of 8 faces carry the marker
     assert add["leakage_visible"] == 0.25  # nothing hides C
+    # C is free (labels independent of A, judged perfectly): its flips are the vector's
+    assert add["leakage_free"] == 0.25 and not add["works_free"] and rem["works_free"]
+    assert add["why"] and add["why"][0].startswith("C 25% (vector")
     assert not add["works"] and rem["works"] and rem["works_visible"]
     m = result["calibrated"]["A"]["methods"]["mean"]
     assert result["calibrated"]["A"]["hidden"] == []
@@ -649,6 +652,7 @@ def test_calibrated_markdown_has_the_table_and_works_cells(evaluated):
     assert "## Calibrated edits: strength +1 and -1" in text
     assert "| attribute | direction | best method | success | leakage |" in text
     assert "1 of 2 (attribute, direction) pairs work" in text
+    assert "1 counting free leakage only" in text
     assert "| A | add | mean | 1.00 | 0.250 | 0.250 |" in text
     row = next(x for x in lines if x.startswith("| A | remove | mean |"))
     assert "| yes |" in row

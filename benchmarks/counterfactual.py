@@ -1,0 +1,179 @@
+"""Edits against the truth: each SynthFace re-rendered with exactly one attribute flipped.
+
+    python benchmarks/counterfactual.py synthfaces64 data/s20k64 --synth-seed 0 --synth-n 20000
+
+A concept-vector edit is judged by an attribute classifier, so its "leakage" mixes three
+things: what the vector wrongly changes, what the judge reads wrongly, and what the attribute
+itself changes in the data (a smile narrows the eyes). SynthFaces can tell them apart: its
+renderer draws a face from flags, so the *perfect* edit of a test face is the same face drawn
+with one flag flipped (``synth.with_attribute``). For every attribute the judge recognises and
+the renderer draws, on up to --n-faces test faces per direction, this script renders the face
+and its counterfactual exactly as ``conceptvae prepare`` stores them (JPEG quality 90, centred
+crop, area resize), edits the face with the bank's calibrated vector at +1 / -1 and the local
+blend, and reports:
+
+- success of the edit and of the counterfactual (the judge's own success on perfect edits);
+- leakage of the edit and of the counterfactual: the mean flip rate of the independent judged
+  attributes (the same set ``evaluate`` uses); the counterfactual's is the floor a vector
+  cannot go under with this judge;
+- disagreement: the mean rate at which the edit and the counterfactual are judged differently
+  on those attributes: how far the edit is from the truth.
+
+Prints a table and writes benchmarks/results/counterfactual.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def prepared(params, image_size: int, crop: int, quality: int = 90) -> np.ndarray:
+    """The (3, S, S) uint8 crop ``conceptvae prepare`` makes of this face's rendered JPEG."""
+    import cv2
+
+    from conceptvae.data.cache import _load_image
+    from conceptvae.data.synth import render_face
+
+    img, _ = render_face(params)
+    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    assert ok
+    out, _ = _load_image(io.BytesIO(buf.tobytes()), image_size, crop, False)
+    return out
+
+
+def _success(verdicts, col: int, label: int) -> float:
+    hit = verdicts[:, col] if label == 0 else ~verdicts[:, col]
+    return float(hit.float().mean())
+
+
+def _rate(p, q, others: list[int]) -> float:
+    """How often ``p`` and ``q`` are judged differently on ``others``, averaged over them."""
+    return float((p[:, others] != q[:, others]).float().mean()) if others else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("data", help="a prepared cache of a SynthFaces set")
+    ap.add_argument("--synth-seed", type=int, default=0, help="the seed the set was made with")
+    ap.add_argument("--synth-n", type=int, default=20000, help="the set's size (--n of synth)")
+    ap.add_argument("--judge", help="a judge trained on the set [default: RUN/judge]")
+    ap.add_argument("--n-faces", type=int, default=100)
+    ap.add_argument("--attributes", help="comma-separated (default: every judged, drawn one)")
+    ap.add_argument("--out", help="JSON path [default: benchmarks/results/counterfactual.json]")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from attributes.bank import VectorBank
+    from conceptvae.calibration import crop_edit, footprint_weight, independent_columns
+    from conceptvae.data import Frame
+    from conceptvae.data.cache import open_cache
+    from conceptvae.data.synth import RENDERED_ATTRIBUTES, sample_params, with_attribute
+    from conceptvae.evaluate import Judge
+    from conceptvae.faces import face_mask
+    from conceptvae.model import ConceptVAE
+    from conceptvae.pretrained import resolve
+
+    t0 = time.perf_counter()
+    run = resolve(args.run)
+    vae = ConceptVAE.from_pretrained(run)
+    bank = VectorBank.load(run, model_hash=vae.model_hash())
+    judge = Judge.load(Path(args.judge) if args.judge else run / "judge")
+    cache = open_cache(args.data)
+    names = list(cache.attr_names)
+    S = vae.config.image_size
+    crop = int(round(getattr(vae.config, "crop", None) or 148))
+    mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
+    judged = [n for n in judge.judged() if n in names and n in bank.footprints]
+    wanted = args.attributes.split(",") if args.attributes else judged
+    targets = [a for a in wanted if a in judged and a in RENDERED_ATTRIBUTES]
+    y_train = np.asarray(cache.labels[cache.split("train")])
+    test = cache.split("test")
+    y_test = np.asarray(cache.labels[test])
+    rng = np.random.default_rng(0)
+    rows = []
+    with torch.inference_mode():
+        for a in targets:
+            t = names.index(a)
+            others = independent_columns(judge, names, y_train, a, judged)
+            col = judge.names.index(a)
+            v = torch.as_tensor(np.asarray(bank[a], np.float32))
+            weight = footprint_weight(bank.footprints[a])
+            for direction, label in (("add", 0), ("remove", 1)):
+                pick = rng.permutation(np.flatnonzero(y_test[:, t] == label))[: args.n_faces]
+                if pick.size == 0:
+                    continue
+                params = [sample_params(args.synth_seed, int(test[i]), args.synth_n) for i in pick]
+                x = np.stack([prepared(p, S, crop) for p in params])
+                x_cf = [prepared(with_attribute(p, a, 1 - label), S, crop) for p in params]
+                x_cf = np.stack(x_cf)
+                x = torch.from_numpy(x).float() / 255
+                x_cf = torch.from_numpy(x_cf).float() / 255
+                z = vae.encode(x.to(vae.device)).mean.float()
+                step = v if label == 0 else -bank.removal_scale(a) * v
+                d0 = vae.decode(z).float().clamp(0, 1).cpu()
+                d1 = vae.decode(z + step.to(z.device)[None]).float().clamp(0, 1).cpu()
+                edit = crop_edit(x, d0, d1, "local", weight=weight, mask=mask)
+                before, after, truth = (judge.decide(im).cpu() for im in (x, edit, x_cf))
+
+                flips_cf = (truth[:, others] != before[:, others]).float().mean(0)
+                rows.append(
+                    {
+                        "attribute": a,
+                        "direction": direction,
+                        "n": int(pick.size),
+                        "success": _success(after, col, label),
+                        "success_counterfactual": _success(truth, col, label),
+                        "leakage": _rate(after, before, others),
+                        "leakage_counterfactual": _rate(truth, before, others),
+                        "disagreement": _rate(after, truth, others),
+                        "counterfactual_flips": {
+                            judge.names[c]: float(f)
+                            for c, f in zip(others, flips_cf.tolist())
+                            if f >= 0.05
+                        },
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"{a:20s} {direction:6s} success {r['success']:.2f} (truth "
+                    f"{r['success_counterfactual']:.2f})  leakage {r['leakage']:.3f} (truth "
+                    f"{r['leakage_counterfactual']:.3f})  disagreement {r['disagreement']:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(f"\n{args.run} on {args.data} (test split), {len(targets)} attributes the judge "
+          f"recognises and SynthFaces draws; {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
+    print("| attribute | direction | success | success, true edit | leakage | leakage, true "
+          "edit | disagreement with the true edit | what the true edit flips too |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        also = ", ".join(f"{k} {v:.0%}" for k, v in sorted(
+            r["counterfactual_flips"].items(), key=lambda kv: -kv[1])) or "-"  # fmt: skip
+        print(
+            f"| {r['attribute']} | {r['direction']} | {r['success']:.2f} | "
+            f"{r['success_counterfactual']:.2f} | {r['leakage']:.3f} | "
+            f"{r['leakage_counterfactual']:.3f} | {r['disagreement']:.3f} | {also} |"
+        )
+    if rows:
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in
+                ("success", "success_counterfactual", "leakage", "leakage_counterfactual",
+                 "disagreement")}  # fmt: skip
+        print("\nmeans: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / "counterfactual.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": args.run, "data": args.data, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
