@@ -8,7 +8,7 @@ set in CelebA's layout that every command reads::
 
     python benchmarks/heldout.py data/heldout --n 20000 --seed 7
     conceptvae prepare data/heldout data/heldout64
-    conceptvae train data/heldout64 --out runs/heldout           # the defaults
+    conceptvae train data/heldout64 -o runs/heldout              # the defaults
     conceptvae vectors runs/heldout data/heldout64 --method balanced
     conceptvae evaluate runs/heldout data/heldout64 -o runs/heldout-report
 

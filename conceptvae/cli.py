@@ -2,20 +2,26 @@
 
 Errors a user can cause (``ConceptVAEError``) and OS errors on their files are printed as one
 line on stderr with a non-zero exit status; set ``CONCEPTVAE_DEBUG=1`` to see the traceback.
+
+One vocabulary for every command (docs/cli.md): ``-o/--output`` is where the command writes (a
+file for commands that make one picture, a folder for those that make several); ``--force``
+replaces an existing output, nothing is overwritten without it; ``--workers`` counts processes,
+0 (the default) meaning all cores; ``--device`` is auto, cpu, cuda or cuda:N; ``-n/--n`` is how
+many. Start-up stays fast: this module imports only click at the top, every command imports
+what it needs (numpy, torch, OpenCV, scikit-learn) in its body. A test keeps it so.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
-import numpy as np
 
-from attributes.errors import VectorError
 from conceptvae.errors import ConceptVAEError, DataError
 
 PARTITION_NAMES = ("train", "valid", "test")
@@ -24,6 +30,13 @@ PARTITION_NAMES = ("train", "valid", "test")
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, UserWarning):
         click.echo(f"warning: {message}", err=True)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    # VectorError can only have been raised if its module was imported: do not import it here
+    # (attributes pulls in numpy), look it up.
+    mod = sys.modules.get("attributes.errors")
+    return (ConceptVAEError,) if mod is None else (ConceptVAEError, mod.VectorError)
 
 
 class _Group(click.Group):
@@ -36,29 +49,111 @@ class _Group(click.Group):
                 warnings.simplefilter("default")
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
-        except (ConceptVAEError, VectorError) as e:
-            if os.environ.get("CONCEPTVAE_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from None
-        except OSError as e:
-            if os.environ.get("CONCEPTVAE_DEBUG"):
-                raise
-            where = f": {e.filename}" if e.filename else ""
-            raise click.ClickException(f"{e.strerror or e}{where}") from None
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
+        except Exception as e:
+            if isinstance(e, _user_error_types()):
+                message = str(e)
+            elif isinstance(e, OSError):
+                where = f": {e.filename}" if e.filename else ""
+                message = f"{e.strerror or e}{where}"
+            else:
+                raise
+            if os.environ.get("CONCEPTVAE_DEBUG"):
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="conceptvae")
 def cli() -> None:
-    """Edit face photos with concept vectors in the latent space of a convolutional VAE."""
+    """Edit face photos with concept vectors in the latent space of a convolutional VAE.
+
+    The shipped model synthfaces64 knows only synthetic SynthFaces faces; train your own on
+    CelebA for real photos. Options mean the same in every command: see docs/cli.md.
+    """
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point; ``python -m conceptvae`` and ``-m conceptvae.cli`` too."""
     cli.main(args=argv, prog_name="conceptvae")
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared options: one meaning each, in every command
+
+
+class DeviceType(click.ParamType):
+    """``--device``: auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+            return text
+        self.fail(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)",
+                  param, ctx)  # fmt: skip
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def device_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device``, the same in every command that runs the model."""
+    return click.option(
+        "--device", type=DeviceType(), default="auto", show_default=True,
+        help="auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
+    )(f)  # fmt: skip
+
+
+def workers_option(what: str) -> Decorator:
+    """``--workers``: processes, 0 (the default) meaning all cores."""
+    return click.option(
+        "--workers", type=click.IntRange(min=0), default=0, show_default=True,
+        help=f"Processes {what} (0: all cores).",
+    )  # fmt: skip
+
+
+def force_option(what: str) -> Decorator:
+    """``--force``: replace an existing output (nothing is overwritten without it)."""
+    return click.option("--force", is_flag=True, help=f"Replace {what}.")
+
+
+def file_output_option(what: str = "PNG file.") -> Decorator:
+    """``-o/--output`` naming one file (the commands that make one picture)."""
+    return click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+                        help=what)  # fmt: skip
+
+
+def count_option(default: int, what: str) -> Decorator:
+    """``-n/--n``: how many."""
+    return click.option("-n", "--n", "n", type=click.IntRange(min=1), default=default,
+                        show_default=True, help=what)  # fmt: skip
+
+
+def _all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _refuse_existing_files(paths, force: bool) -> None:
+    """Nothing is overwritten without --force: refuse before any work if an output exists."""
+    from pathlib import Path
+
+    from conceptvae.errors import OutputError
+
+    if force:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputError(
+            f"{existing[0]} exists{more}: pass --force to replace it, or choose another -o"
+        )
 
 
 def _load(data: str | os.PathLike, labels: str | None = None):
@@ -75,9 +170,7 @@ def _load(data: str | os.PathLike, labels: str | None = None):
 
 @cli.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option(
-    "--n", "n", type=click.IntRange(min=1), default=20000, show_default=True, help="Images."
-)
+@count_option(20000, "Images.")
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -85,15 +178,15 @@ def _load(data: str | os.PathLike, labels: str | None = None):
     show_default=True,
     help="Same seed, same bytes.",
 )
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes."
-)
-@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@workers_option("rendering")
+@force_option("OUT if it exists and is not empty")
 def synth(out: str, n: int, seed: int, workers: int, force: bool) -> None:
     """Render N SynthFaces into OUT in CelebA's official layout."""
     from conceptvae.data.synth import write_synthfaces
 
-    summary = write_synthfaces(out, n=n, seed=seed, workers=workers, force=force, progress=True)
+    summary = write_synthfaces(
+        out, n=n, seed=seed, workers=workers or _all_cores(), force=force, progress=True
+    )
     click.echo(
         f"wrote {n} SynthFaces to {out} in {summary['seconds']:.1f} s "
         f"({summary['images_per_s']:.0f} images/s)"
@@ -112,14 +205,12 @@ def synth(out: str, n: int, seed: int, workers: int, force: bool) -> None:
     help="Side of the centred square cut before resizing [default: 148 for CelebA, "
     "else the largest centred square].",
 )
-@click.option(
-    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="0: all cores."
-)
+@workers_option("decoding images")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels CSV for an image folder.")
 @click.option("--positive", type=click.Path(file_okay=False), help="Folder of positive images.")
 @click.option("--negative", type=click.Path(file_okay=False), help="Folder of negative images.")
 @click.option("--name", default="Attribute", show_default=True, help="Attribute name for pairs.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@force_option("OUT if it exists and is not empty")
 def prepare(
     paths: tuple[str, ...],
     image_size: int,
@@ -171,6 +262,8 @@ def info(data: str, labels: str | None, as_json: bool) -> None:
     """Describe a dataset or a prepared cache: layout, counts, partitions, attribute rates."""
     summary = describe(_load(data, labels))
     if as_json:
+        import json
+
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(format_summary(summary))
@@ -178,6 +271,8 @@ def info(data: str, labels: str | None, as_json: bool) -> None:
 
 def describe(ds) -> dict[str, Any]:
     """A JSON-able summary of a LabelledImages or a PreparedCache."""
+    import numpy as np
+
     from conceptvae.data.cache import PreparedCache
 
     is_cache = isinstance(ds, PreparedCache)
@@ -259,7 +354,9 @@ def _attr_names(data: str) -> list[str]:
 
 @cli.command()
 @click.argument("data", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="The run folder (required).")
+@click.option("--out", "out_alias", type=click.Path(file_okay=False), hidden=True,
+              help="The old name of -o/--output, kept for old scripts.")  # fmt: skip
 @click.option("--image-size", type=int, default=64, show_default=True, help="64, 128 or 256.")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--patch-size", type=click.IntRange(min=1), default=2, show_default=True)
@@ -285,22 +382,24 @@ def _attr_names(data: str) -> list[str]:
                    "is spent. With --epochs: only a stop (saving) for this invocation; the "
                    "epochs plan the LR. A resumed run keeps its plan.")  # fmt: skip
 @click.option("--max-steps", type=click.IntRange(min=0), default=None, help="Stop after this step.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
+@device_option
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes for preparing a raw dataset (0: all cores).")  # fmt: skip
+@workers_option("preparing a raw dataset")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="torch.compile the model.")  # fmt: skip
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Linear probe of every attribute after each epoch.")  # fmt: skip
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in -o from its checkpoint.")
 @click.option("--cache", type=click.Path(file_okay=False),
-              help="Where to prepare a raw dataset [default: OUT-cache beside OUT].")  # fmt: skip
-@click.option("--force", is_flag=True, help="Start over in a non-empty OUT.")
-def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **opts: Any) -> None:
-    """Train a ConceptVAE on DATA (a prepared cache or a dataset) into the run folder OUT.
+              help="Where to prepare a raw dataset [default: the run folder's name + -cache, "
+                   "beside it].")  # fmt: skip
+@force_option("a non-empty run folder: start the run over")
+def train(
+    data: str, output: str | None, out_alias: str | None, resume: bool, force: bool,
+    cache: str | None, **opts: Any,
+) -> None:  # fmt: skip
+    """Train a ConceptVAE on DATA (a prepared cache or a dataset) into the run folder -o.
 
     With --resume, options not given on the command line keep the run's values.
     """
@@ -321,10 +420,18 @@ def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **o
             ParameterSource.DEFAULT_MAP,
         )
 
-    if resume and force:
-        raise click.UsageError("--resume continues OUT and --force starts over: give one")
-    run = Path(out)
     rank = int(os.environ.get("RANK", "0"))
+    if out_alias is not None:
+        if output is not None and output != out_alias:
+            raise click.UsageError("give the run folder once: -o/--output (--out is its old name)")
+        if rank == 0:
+            click.echo("warning: --out is deprecated: use -o/--output", err=True)
+        output = out_alias
+    if output is None:
+        raise click.UsageError("Missing option '-o' / '--output' (the run folder).")
+    if resume and force:
+        raise click.UsageError("--resume continues the run and --force starts over: give one")
+    run = Path(output)
     if run.exists() and not run.is_dir():
         raise OutputError(f"output {run} exists and is not a folder: choose another path")
     if not resume and rank == 0 and run.is_dir() and any(run.iterdir()):
@@ -382,16 +489,20 @@ def train(data: str, out: str, resume: bool, force: bool, cache: str | None, **o
 
 @cli.command()
 @click.argument("run", type=click.Path())
-@click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True)
+@count_option(64, "Samples.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
-def sample(run: str, n: int, temperature: float, seed: int, output: str, device: str) -> None:
+@file_output_option()
+@force_option("an existing -o file")
+@device_option
+def sample(
+    run: str, n: int, temperature: float, seed: int, output: str, force: bool, device: str
+) -> None:
     """Decode N prior samples of the model in RUN into a grid PNG."""
     from conceptvae.model import ConceptVAE
     from conceptvae.train import resolve_device, sample_grid, save_png
+
+    _refuse_existing_files([output], force)
 
     model = ConceptVAE.from_pretrained(run, device=resolve_device(device))
     save_png(sample_grid(model, n, temperature, seed), output)
@@ -401,16 +512,20 @@ def sample(run: str, n: int, temperature: float, seed: int, output: str, device:
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("-n", "n", type=click.IntRange(min=1), default=32, show_default=True)
+@count_option(32, "Images.")
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid",
               show_default=True, help="Falls back to test when the split is empty.")  # fmt: skip
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
-def reconstruct(run: str, data: str, n: int, split: str, output: str, device: str) -> None:
+@file_output_option()
+@force_option("an existing -o file")
+@device_option
+def reconstruct(
+    run: str, data: str, n: int, split: str, output: str, force: bool, device: str
+) -> None:
     """Write N images of DATA beside their reconstructions by the model in RUN."""
     from conceptvae.model import ConceptVAE
     from conceptvae.train import reconstruction_grid, resolve_device, save_png
+
+    _refuse_existing_files([output], force)
 
     model = ConceptVAE.from_pretrained(run, device=resolve_device(device))
     images = _first_images(data, split, n, model.config.image_size)
@@ -427,6 +542,8 @@ def _first_images(data: str, split: str, n: int, image_size: int):
     import dataclasses
     import tempfile
     from pathlib import Path
+
+    import numpy as np
 
     from conceptvae.data.cache import PARTITIONS, PreparedCache, prepare
 
@@ -460,10 +577,6 @@ def _first_images(data: str, split: str, n: int, image_size: int):
         return cache.batch(np.arange(len(cache)))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -472,7 +585,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path(), required=False)
 @click.option("--method",
-              type=click.Choice(["best", "mean", "balanced", "classifier", "conditional"]),
+              type=click.Choice(["best", "mean", "balanced", "classifier", "conditional",
+                                 "orthogonal"]),
               default="best", show_default=True,
               help="best: per attribute, the method that works with the least leakage on the "
                    "valid split. With --condition: the base the conditions are projected out "
@@ -501,10 +615,8 @@ def _names(value: str | None) -> list[str] | None:
 )
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes for preparing a raw dataset (0: all cores).")  # fmt: skip
+@device_option
+@workers_option("preparing a raw dataset")
 def vectors(
     run: str,
     data: str | None,
@@ -683,7 +795,9 @@ def _photo_cells(images, max_side: int = 512):
               help="Multiplies the whole edit.")  # fmt: skip
 @click.option("--sweep", help="A strip at each strength instead, e.g. 'Smiling=-2:2:5'.")
 @click.option("--gif", is_flag=True, help="With --sweep: also an animation.")
-@click.option("-o", "--output", type=click.Path(), help="Output folder [default: beside each].")
+@click.option("-o", "--output", type=click.Path(),
+              help="Output folder [default: beside each photo].")  # fmt: skip
+@force_option("existing output files")
 @click.option("--blend", type=click.Choice(["auto", "local", "residual", "replace", "poisson"]),
               default="auto", show_default=True,
               help="auto: local where the vectors have footprints, else residual.")  # fmt: skip
@@ -691,8 +805,7 @@ def _photo_cells(images, max_side: int = 512):
 @click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
 @click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
               help="Gradient steps fitting z to the face before editing.")  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
+@device_option
 def edit(
     run: str,
     photos: tuple[str, ...],
@@ -701,6 +814,7 @@ def edit(
     sweep: str | None,
     gif: bool,
     output: str | None,
+    force: bool,
     blend: str,
     face: str,
     no_align: bool,
@@ -710,11 +824,13 @@ def edit(
     """Edit the faces in PHOTOS (files, folders, globs) with the concept vectors of RUN.
 
     Each output keeps its input's name in the -o folder (sweeps add _sweep, GIFs _sweep.gif);
-    without -o it goes beside the input as NAME_edited. Pixels away from the face stay as they
-    were. A bad file is reported and the others go on.
+    without -o it goes beside the input as NAME_edited. An existing output file is refused
+    unless --force. Pixels away from the face stay as they were. A bad file is reported and the
+    others go on.
     """
     from tqdm.auto import tqdm
 
+    from attributes.errors import VectorError
     from conceptvae.errors import ConceptVAEError
     from conceptvae.grids import parse_sweep, save_gif, strip
     from conceptvae.images import collect_inputs, output_path, write_image
@@ -741,6 +857,8 @@ def edit(
                 "with different -o folders"
             )
         targets[target] = str(path)
+    gifs = [t.with_suffix(".gif") for t in targets] if gif else []
+    _refuse_existing_files([*targets, *gifs], force)  # before the model loads
     pipe = _pipeline(run, device)
     pipe.direction(expr)  # an unknown attribute or a bad expression fails before any photo
     done, failed = 0, [(a, r) for a, r in problems]
@@ -776,14 +894,14 @@ def edit(
 @click.option("--steps", type=click.IntRange(min=2, max=32), default=8, show_default=True)
 @click.option("--method", type=click.Choice(["slerp", "lerp"]), default="slerp",
               show_default=True)  # fmt: skip
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@file_output_option()
+@force_option("an existing -o file (and its GIF)")
 @click.option("--gif", is_flag=True, help="Also an animation along the row (two photos).")
 @click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
+@device_option
 def interpolate(
-    run: str, photos: tuple[str, ...], steps: int, method: str, output: str, gif: bool,
-    no_align: bool, device: str,
+    run: str, photos: tuple[str, ...], steps: int, method: str, output: str, force: bool,
+    gif: bool, no_align: bool, device: str,
 ) -> None:  # fmt: skip
     """Walk the latent space between the faces of 2 photos (a row) or 4 (a grid, the photos at
     the corners: top-left, top-right, bottom-left, bottom-right)."""
@@ -797,6 +915,8 @@ def interpolate(
 
     if len(photos) not in (2, 4):
         raise click.UsageError(f"give 2 or 4 photos, got {len(photos)}")
+    gif_path = Path(output).with_suffix(".gif")
+    _refuse_existing_files([output, gif_path] if gif and len(photos) == 2 else [output], force)
     pipe = _pipeline(run, device)
     faces = [pipe.prepare(p, align=not no_align).faces[0] for p in photos]
     z = torch.stack([f.z for f in faces])
@@ -811,7 +931,7 @@ def interpolate(
         if gif:
             from conceptvae.images import tensor_to_pil
 
-            save_gif([tensor_to_pil(c) for c in crops], Path(output).with_suffix(".gif"))
+            save_gif([tensor_to_pil(c) for c in crops], gif_path)
     else:
         zs = interpolate_grid(z, steps, steps, method)  # (steps, steps, D)
         crops = pipe.crops(faces[0], zs.reshape(-1, zs.shape[-1]), residual=False)
@@ -826,14 +946,14 @@ def interpolate(
 @click.argument("photo", type=click.Path())
 @click.option("--x", "x_sweep", required=True, help="Columns, e.g. 'Smiling=-2:2:5'.")
 @click.option("--y", "y_sweep", required=True, help="Rows, e.g. 'Male=-2:2:5'.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@file_output_option()
+@force_option("an existing -o file")
 @click.option("--face", default="0", show_default=True, help="Face number (0 = largest).")
 @click.option("--no-align", is_flag=True, help="Take the image as an aligned face crop.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
+@device_option
 def grid_command(
-    run: str, photo: str, x_sweep: str, y_sweep: str, output: str, face: str, no_align: bool,
-    device: str,
+    run: str, photo: str, x_sweep: str, y_sweep: str, output: str, force: bool, face: str,
+    no_align: bool, device: str,
 ) -> None:  # fmt: skip
     """An attribute plane: the face of PHOTO edited along two attributes at once."""
     import torch
@@ -843,6 +963,7 @@ def grid_command(
 
     xname, xs = parse_sweep(x_sweep)
     yname, ys = parse_sweep(y_sweep)
+    _refuse_existing_files([output], force)
     pipe = _pipeline(run, device)
     pipe.direction(xname), pipe.direction(yname)  # a bad name fails before the photo is read
     f = pipe.prepare(photo, face=face, align=not no_align).faces[0]
@@ -864,19 +985,20 @@ def grid_command(
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Report folder (report.md, report.json, plots).")  # fmt: skip
 @click.option("--attributes", help="Comma-separated attributes (default: all the judge passes).")
-@click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True)
+@click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True,
+              help="Any of mean, balanced, classifier, conditional, orthogonal.")  # fmt: skip
 @click.option("--strengths", default="0.5,1,1.5,2,3", show_default=True)
-@click.option("--n-faces", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("-n", "--n-faces", type=click.IntRange(min=1), default=300, show_default=True,
               help="Test faces edited per attribute and direction.")  # fmt: skip
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
               help="A trained judge [default: RUN/judge, trained there if missing].")  # fmt: skip
 @click.option("--judge-minutes", type=float, default=10.0, show_default=True,
               help="Time limit for training the judge.")  # fmt: skip
 @click.option("--cache", type=click.Path(file_okay=False),
-              help="Where a raw dataset is prepared [default: RUN-cache beside RUN].")  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--force", is_flag=True, help="Replace a non-empty report folder.")
+              help="Where a raw dataset is prepared [default: -o's name + -cache, beside "
+                   "it].")  # fmt: skip
+@device_option
+@force_option("a non-empty report folder")
 def evaluate_command(
     run: str, data: str, output: str, attributes: str | None, methods: str, strengths: str,
     n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None, device: str,
@@ -958,14 +1080,13 @@ def _evaluate_summary(result: dict[str, Any]) -> list[str]:
               type=click.Path(file_okay=False), help="The demo folder.")  # fmt: skip
 @click.option("--from-scratch", is_flag=True,
               help="Train the model, its vectors and judge first (~20 min on a CPU).")  # fmt: skip
-@click.option("--force", is_flag=True, help="Replace the folder if it exists and is not empty.")
+@force_option("the folder if it exists and is not empty")
 @click.option("--model", default="synthfaces64", show_default=True, hidden=True,
               help="A run folder with vectors and judge/, or a shipped name.")  # fmt: skip
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False), hidden=True,
               help="The judge for the report [default: MODEL/judge].")  # fmt: skip
 @click.option("--fast", is_flag=True, hidden=True, help="Tiny sizes (for tests).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)  # fmt: skip
+@device_option
 def demo(
     output: str, from_scratch: bool, force: bool, model: str, judge_dir: str | None, fast: bool,
     device: str,
@@ -983,3 +1104,67 @@ def demo(
         output, model=model, judge=judge_dir, from_scratch=from_scratch, fast=fast, force=force,
         device=resolve_device(device), log=click.echo, command=command,
     )  # fmt: skip
+
+
+@cli.command()
+@click.argument("run", type=click.Path(), default="synthfaces64", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 serves other machines (no login!).")  # fmt: skip
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=25.0, show_default=True,
+              help="Largest photo accepted.")  # fmt: skip
+@click.option("--max-photos", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Photos kept (least recently used dropped).")  # fmt: skip
+@click.option("--max-store-mb", type=click.FloatRange(min=1), default=1024.0, show_default=True,
+              help="Memory the kept photos may use.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Edits computed at once.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads [default: CPU count / --workers].")  # fmt: skip
+@device_option
+def serve(
+    run: str, host: str, port: int, open_browser: bool, max_upload_mb: float, max_photos: int,
+    max_store_mb: float, workers: int, threads: int | None, device: str,
+) -> None:  # fmt: skip
+    """Edit faces in the browser: the page and an HTTP API (docs at /docs) for the model in
+    RUN (default: the shipped synthfaces64). Serves until Ctrl-C."""
+    import contextlib
+    import socket
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    from conceptvae.errors import ConceptVAEError
+    from conceptvae.serve import ServeLimits, create_app
+    from conceptvae.train import resolve_device
+
+    try:  # a clear message now rather than uvicorn's log line later
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ConceptVAEError(
+            f"cannot serve on {host}:{port}: {e.strerror or e}; pass another --port or --host"
+        ) from None
+    limits = ServeLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20), max_photos=max_photos,
+        max_store_bytes=int(max_store_mb * 2**20), workers=workers,
+    )  # fmt: skip
+    app = create_app(run, device=resolve_device(device), limits=limits, threads=threads)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
+    click.echo(f"conceptvae serve: {run} at {url} (API docs: {url}docs); Ctrl-C stops")
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then passes it on
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    click.echo("stopped")
+
+
+# Keep this last: ``python -m conceptvae.cli`` runs the module top to bottom, so every command
+# must be registered before it (tests/test_cli_fast.py checks all three entry points agree).
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

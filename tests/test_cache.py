@@ -455,7 +455,7 @@ def _open(data, cache_dir, labels=None, size=16):
 def test_a_cache_of_other_data_is_not_reused_but_kept_and_found_again(
     tmp_path, spy_prepare, capsys
 ):
-    # `conceptvae train A --out runs/x` then `conceptvae vectors runs/x B --labels B/mine.csv`:
+    # `conceptvae train A -o runs/x` then `conceptvae vectors runs/x B --labels B/mine.csv`:
     # both use runs/x-cache
     a_labels = _csv_folder(tmp_path / "A", 9, ["Bright", "Red"], seed=0)
     b_csv = tmp_path / "B" / "mine.csv"
@@ -574,7 +574,7 @@ def test_cli_vectors_after_train_fits_the_users_labels_not_the_training_datas(tm
     tiny = ["--image-size", "64", "--latent-dim", "8", "--patch-size", "16", "--channels", "8"]
     r = CliRunner().invoke(
         cli,
-        ["train", str(tmp_path / "celeba"), "--out", str(run_dir), *tiny, "--epochs", "1",
+        ["train", str(tmp_path / "celeba"), "-o", str(run_dir), *tiny, "--epochs", "1",
          "--batch-size", "4", "--device", "cpu", "--no-probe", "--workers", "1"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output

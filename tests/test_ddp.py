@@ -76,7 +76,7 @@ def test_torchrun_runs_the_cli(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(_free_port()), "-m", "conceptvae", "train", str(cache),
-           "--out", str(out), "--image-size", "64", "--latent-dim", "8", "--patch-size", "16",
+           "-o", str(out), "--image-size", "64", "--latent-dim", "8", "--patch-size", "16",
            "--channels", "8", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
            "--no-probe"]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

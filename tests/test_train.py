@@ -278,7 +278,7 @@ def test_cli_train_sample_reconstruct(cache_dir, tmp_path):
     run = tmp_path / "run"
     r = CliRunner().invoke(
         cli,
-        ["train", str(cache_dir), "--out", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
+        ["train", str(cache_dir), "-o", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
          "--device", "cpu", "--no-probe"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -303,16 +303,16 @@ def test_cli_train_sample_reconstruct(cache_dir, tmp_path):
     assert Image.open(tmp_path / "r2.png").size == (2 * (S + 2) + 2,) * 2  # one pair a row
 
     # the run exists: refused without --resume/--force; --resume takes the run's settings
-    r = CliRunner().invoke(cli, ["train", str(cache_dir), "--out", str(run), "--device", "cpu"])
+    r = CliRunner().invoke(cli, ["train", str(cache_dir), "-o", str(run), "--device", "cpu"])
     assert r.exit_code != 0 and "--resume" in r.output
     r = CliRunner().invoke(
-        cli, ["train", str(cache_dir), "--out", str(run), "--resume", "--epochs", "2", "--no-probe"]
+        cli, ["train", str(cache_dir), "-o", str(run), "--resume", "--epochs", "2", "--no-probe"]
     )
     assert r.exit_code == 0, r.output
     assert torch.load(run / CHECKPOINT_NAME, weights_only=True)["epoch"] == 2
     r = CliRunner().invoke(
         cli,
-        ["train", str(cache_dir), "--out", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
+        ["train", str(cache_dir), "-o", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
          "--device", "cpu", "--no-probe", "--force"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -322,13 +322,11 @@ def test_cli_train_sample_reconstruct(cache_dir, tmp_path):
 
 def test_cli_errors_are_one_line(cache_dir, tmp_path):
     r = CliRunner().invoke(
-        cli, ["train", str(cache_dir), "--out", str(tmp_path / "r"), "--image-size", "32"]
+        cli, ["train", str(cache_dir), "-o", str(tmp_path / "r"), "--image-size", "32"]
     )
     assert r.exit_code != 0 and "use one of 64, 128, 256" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
-    r = CliRunner().invoke(
-        cli, ["train", str(cache_dir), "--out", str(tmp_path / "r2"), "--resume"]
-    )
+    r = CliRunner().invoke(cli, ["train", str(cache_dir), "-o", str(tmp_path / "r2"), "--resume"])
     assert r.exit_code != 0 and "no checkpoint" in r.output
     r = CliRunner().invoke(
         cli, ["sample", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.png")]
@@ -340,7 +338,7 @@ def test_cli_attr_weight_sizes_the_attribute_head(cache_dir, tmp_path):
     run = tmp_path / "run"
     r = CliRunner().invoke(
         cli,
-        ["train", str(cache_dir), "--out", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
+        ["train", str(cache_dir), "-o", str(run), *TINY, "--epochs", "1", "--batch-size", "4",
          "--device", "cpu", "--no-probe", "--attr-weight", "0.5", "--region-weight", "1"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -535,7 +533,7 @@ def test_cli_max_minutes_alone_plans_by_time_and_resume_keeps_the_plan(
     base = ["train", str(cache_dir), *TINY, "--batch-size", "4", "--device", "cpu", "--no-probe"]
     monkeypatch.setattr(train_mod, "train", fake_train)
     for extra in (["--max-minutes", "5"], ["--max-minutes", "5", "--epochs", "20"], []):
-        r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "new"), *extra])
+        r = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "new"), *extra])
         assert r.exit_code == 0, r.output
     assert [(c.epochs, c.max_minutes) for c in seen] == [(None, 5.0), (20, 5.0), (20, None)]
     monkeypatch.undo()
@@ -551,7 +549,7 @@ def test_cli_max_minutes_alone_plans_by_time_and_resume_keeps_the_plan(
         ("e", ["--max-minutes", "3"]),  # an epochs run keeps its epochs; the time only stops
         ("e", []),
     ):
-        r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / run), "--resume", *extra])
+        r = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / run), "--resume", *extra])
         assert r.exit_code == 0, r.output
     got = [(c.epochs, c.max_minutes) for c in seen]
     assert got == [(None, 2.0), (None, 3.0), (2, 3.0), (2, None)]
