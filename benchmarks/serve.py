@@ -2,7 +2,7 @@
 
 One 1024 x 1024 photo (a SynthFace pasted into a noisy background, JPEG with EXIF, as in
 benchmarks/edit.py) and the shipped model. The server is `conceptvae serve` in its own process
-(its defaults: 2 workers, torch threads = cores / 2); the client is this process (httpx, one
+(its defaults: 2 edits at once, torch threads = cores / 2); the client is this process (httpx, one
 keep-alive connection per client). Every time has a reference measured in the same run, in this
 process with the same torch threads:
 

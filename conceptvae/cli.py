@@ -1118,14 +1118,14 @@ def demo(
               help="Photos kept (least recently used dropped).")  # fmt: skip
 @click.option("--max-store-mb", type=click.FloatRange(min=1), default=1024.0, show_default=True,
               help="Memory the kept photos may use.")  # fmt: skip
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Edits computed at once.")  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Edits computed at once (threads, not processes).")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads [default: CPU count / --workers].")  # fmt: skip
+              help="Torch threads [default: CPU count / --concurrency].")  # fmt: skip
 @device_option
 def serve(
     run: str, host: str, port: int, open_browser: bool, max_upload_mb: float, max_photos: int,
-    max_store_mb: float, workers: int, threads: int | None, device: str,
+    max_store_mb: float, concurrency: int, threads: int | None, device: str,
 ) -> None:  # fmt: skip
     """Edit faces in the browser: the page and an HTTP API (docs at /docs) for the model in
     RUN (default: the shipped synthfaces64). Serves until Ctrl-C."""
@@ -1151,7 +1151,7 @@ def serve(
         ) from None
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 2**20), max_photos=max_photos,
-        max_store_bytes=int(max_store_mb * 2**20), workers=workers,
+        max_store_bytes=int(max_store_mb * 2**20), workers=concurrency,
     )  # fmt: skip
     app = create_app(run, device=resolve_device(device), limits=limits, threads=threads)
     shown = f"[{host}]" if ":" in host else host

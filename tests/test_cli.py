@@ -111,7 +111,7 @@ def test_shared_options_mean_the_same_in_every_command():
             makes_output.append(name)
         if name in ("synth", "prepare"):
             makes_output.append(name)  # OUT is their positional argument
-        if "workers" in params and name != "serve":  # serve's are edits at once (threads)
+        if "workers" in params:
             assert params["workers"].default == 0, name  # 0: all cores, everywhere
         if "device" in params:
             assert isinstance(params["device"].type, DeviceType), name
