@@ -61,3 +61,26 @@ def write_report(out: str | os.PathLike, benchmark: str, machine_info: dict, **f
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path}")
     return report
+
+
+def open_run(run: str, data: str, judge_dir: str | os.PathLike | None = None):
+    """What the edit benchmarks start from: ``(vae, bank, cache, judge, judged)`` for the model
+    ``run`` (a folder or a shipped name) and the prepared cache ``data``; ``judge`` is read from
+    ``judge_dir`` (None when not given) and ``judged`` lists the attributes it passes that the
+    cache labels and the bank has a footprint for (every judged one when there is no judge)."""
+    from attributes.bank import VectorBank
+    from conceptvae.data.cache import open_cache
+    from conceptvae.evaluate import Judge
+    from conceptvae.model import ConceptVAE
+    from conceptvae.pretrained import resolve
+
+    path = resolve(run)
+    vae = ConceptVAE.from_pretrained(path)
+    bank = VectorBank.load(path, model_hash=vae.model_hash())
+    cache = open_cache(data)
+    judge = Judge.load(judge_dir) if judge_dir is not None else None
+    judged = []
+    if judge is not None:
+        names = set(cache.attr_names)
+        judged = [n for n in judge.judged() if n in names and n in bank.footprints]
+    return vae, bank, cache, judge, judged

@@ -73,28 +73,21 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     import torch
+    from common import open_run
 
-    from attributes.bank import VectorBank
     from conceptvae.calibration import crop_edit, footprint_weight, independent_columns
     from conceptvae.data import Frame
-    from conceptvae.data.cache import open_cache
     from conceptvae.data.synth import RENDERED_ATTRIBUTES, sample_params, with_attribute
-    from conceptvae.evaluate import Judge
     from conceptvae.faces import face_mask
-    from conceptvae.model import ConceptVAE
     from conceptvae.pretrained import resolve
 
     t0 = time.perf_counter()
-    run = resolve(args.run)
-    vae = ConceptVAE.from_pretrained(run)
-    bank = VectorBank.load(run, model_hash=vae.model_hash())
-    judge = Judge.load(Path(args.judge) if args.judge else run / "judge")
-    cache = open_cache(args.data)
+    judge_dir = Path(args.judge) if args.judge else resolve(args.run) / "judge"
+    vae, bank, cache, judge, judged = open_run(args.run, args.data, judge_dir)
     names = list(cache.attr_names)
     S = vae.config.image_size
     crop = int(round(getattr(vae.config, "crop", None) or 148))
     mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
-    judged = [n for n in judge.judged() if n in names and n in bank.footprints]
     wanted = args.attributes.split(",") if args.attributes else judged
     targets = [a for a in wanted if a in judged and a in RENDERED_ATTRIBUTES]
     y_train = np.asarray(cache.labels[cache.split("train")])

@@ -36,26 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help="JSON path [default: benchmarks/results/heldout_check.json]")
     args = ap.parse_args(argv)
 
-    from attributes.bank import VectorBank
-    from conceptvae.calibration import LEAKAGE_GOAL, SUCCESS_GOAL, measure_edits, occluded
+    from common import open_run
+
+    from conceptvae.calibration import measure_edits, occluded, summarize
     from conceptvae.data.cache import open_cache
-    from conceptvae.evaluate import Judge, train_judge
-    from conceptvae.model import ConceptVAE
-    from conceptvae.pretrained import resolve
+    from conceptvae.evaluate import train_judge
     from conceptvae.vectors import split_latents
 
     t0 = time.perf_counter()
-    run = resolve(args.run)
-    vae = ConceptVAE.from_pretrained(run)
-    bank = VectorBank.load(run, model_hash=vae.model_hash())
-    cache = open_cache(args.data)
     judge_dir = Path(args.judge) if args.judge else Path(args.data).parent / "heldout-judge"
-    if args.judge or (judge_dir / "judge.json").is_file():
-        judge = Judge.load(judge_dir)
-    else:
-        judge = train_judge(cache, judge_dir, max_minutes=args.judge_minutes)
+    if not args.judge and not (judge_dir / "judge.json").is_file():
+        train_judge(open_cache(args.data), judge_dir, max_minutes=args.judge_minutes)
+    vae, bank, cache, judge, judged = open_run(args.run, args.data, judge_dir)
     names = list(cache.attr_names)
-    judged = [n for n in judge.judged() if n in names and n in bank.footprints]
     ti, _ = cache.split("train"), None
     y_train = np.asarray(cache.labels[ti])
     vi = cache.split("valid")
@@ -75,35 +68,22 @@ def main(argv: list[str] | None = None) -> None:
             names=names, train_labels=y_train, judged=judged, hidden=hidden.get(a, []),
             blends=("local", "residual"), n_faces=args.n_faces,
         )  # fmt: skip
-        for d in ("add", "remove"):
-            if res.get(d) is None:
-                continue
-            c = res[d]["local"]
+        method = bank.metadata.get("methods", {}).get(a, bank.metadata.get("method"))
+        # the goals judged as everywhere else (calibration.summarize), on the bank's one method
+        for r in summarize({a: {"methods": {method: res}}}, [method]):
+            d = r["direction"]
             rows.append(
                 {
-                    "attribute": a,
-                    "direction": d,
+                    **{k: r[k] for k in ("attribute", "direction", "success", "leakage",
+                                          "leakage_visible", "leakage_free", "ssim_outside",
+                                          "works", "works_free", "why")},
                     "n": res[d]["n"],
-                    **{
-                        k: c[k]
-                        for k in (
-                            "success",
-                            "leakage",
-                            "leakage_visible",
-                            "leakage_free",
-                            "ssim_outside",
-                        )
-                    },  # fmt: skip
                     "null_leakage_free": res[d]["null"]["leakage_free"],
                     "residual_success": res[d]["residual"]["success"],
-                    "works": c["success"] >= SUCCESS_GOAL and c["leakage"] <= LEAKAGE_GOAL,
-                    "works_free": c["success"] >= SUCCESS_GOAL
-                    and c["leakage_free"] <= LEAKAGE_GOAL,
-                    "why": c["why"],
-                    "method": bank.metadata.get("methods", {}).get(a, bank.metadata.get("method")),
+                    "method": method,
                     "hidden": hidden.get(a, []),
                 }
-            )
+            )  # fmt: skip
     works = sum(r["works"] for r in rows)
     works_free = sum(r["works_free"] for r in rows)
     print(f"{args.run} on {args.data} (test split), judge trained on its train split "

@@ -42,14 +42,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attributes.estimators import AttributeVectors, _correlations, _resolve
+from attributes.estimators import _correlations, _resolve
 from attributes.report import quality_report
 from conceptvae.calibration import strength_for
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
 from conceptvae.evaluation.judge import MIN_ACCURACY, Judge, _require_labels
 from conceptvae.evaluation.metrics import psnr, ssim
-from conceptvae.vectors import data_key, split_latents
+from conceptvae.vectors import data_key, make_estimator, split_latents
 
 __all__ = ["METHODS", "SYNTH_IDENTITY_TRAITS", "evaluate"]
 
@@ -116,18 +116,16 @@ def _fit_method(
     targets: list[str],
     conditions: dict[str, str],
 ) -> dict[str, np.ndarray]:
-    """name -> (D,) vector of ``method`` for each target, fitted on train latents."""
-    if method == "orthogonal":  # as `conceptvae vectors` makes it: on the balanced vector
-        est = AttributeVectors(method, attributes=targets, base="balanced").fit(z, y, names)
-        return {n: est.vector(n) for n in targets}
+    """name -> (D,) vector of ``method`` for each target, fitted on train latents, each
+    estimator made as ``conceptvae vectors`` makes it (:func:`~conceptvae.vectors.make_estimator`:
+    ``orthogonal`` on the balanced vector, ``conditional`` on the mean)."""
     if method != "conditional":
-        est = AttributeVectors(method, attributes=targets).fit(z, y, names)
+        est = make_estimator(method, targets).fit(z, y, names)
         return {n: est.vector(n) for n in targets}
     out: dict[str, np.ndarray] = {}
     for cond in dict.fromkeys(conditions[t] for t in targets):
         group = [t for t in targets if conditions[t] == cond]
-        est = AttributeVectors("conditional", attributes=group, condition=[cond], base="mean")
-        est.fit(z, y, names)
+        est = make_estimator("conditional", group, [cond]).fit(z, y, names)
         out.update({n: est.vector(n) for n in group})
     return out
 
