@@ -1,6 +1,8 @@
 """Edits against the truth: each SynthFace re-rendered with exactly one attribute flipped.
 
     python benchmarks/counterfactual.py synthfaces64 data/s20k64 --synth-seed 0 --synth-n 20000
+    python benchmarks/counterfactual.py runs/heldout data/heldout64 --synth-seed 7 \
+        --synth-n 10000 --style ink --judge data/heldout-judge     # the held-out ink set
 
 A concept-vector edit is judged by an attribute classifier, so its "leakage" mixes three
 things: what the vector wrongly changes, what the judge reads wrongly, and what the attribute
@@ -36,15 +38,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def prepared(params, image_size: int, crop: int, quality: int = 90) -> np.ndarray:
-    """The (3, S, S) uint8 crop ``conceptvae prepare`` makes of this face's rendered JPEG."""
+def prepared(params, image_size: int, crop: int, style: str | None = None) -> np.ndarray:
+    """The (3, S, S) uint8 crop ``conceptvae prepare`` makes of this face's rendered JPEG, as
+    ``conceptvae synth`` writes it (quality 90) or, with ``style``, as ``benchmarks/heldout.py``
+    does (quality 95, redrawn in ``style`` with the file's number as seed, quality 90)."""
     import cv2
 
     from conceptvae.data.cache import _load_image
     from conceptvae.data.synth import render_face
 
     img, _ = render_face(params)
-    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    bgr = img[:, :, ::-1]
+    if style is not None:
+        from heldout import restyle
+
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert ok
+        rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        bgr = restyle(rgb, style, params.index + 1)[..., ::-1]
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     out, _ = _load_image(io.BytesIO(buf.tobytes()), image_size, crop, False)
     return out
@@ -66,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("data", help="a prepared cache of a SynthFaces set")
     ap.add_argument("--synth-seed", type=int, default=0, help="the seed the set was made with")
     ap.add_argument("--synth-n", type=int, default=20000, help="the set's size (--n of synth)")
+    ap.add_argument("--style", help="the set was restyled by benchmarks/heldout.py in this style")
     ap.add_argument("--judge", help="a judge trained on the set [default: RUN/judge]")
     ap.add_argument("--n-faces", type=int, default=100)
     ap.add_argument("--attributes", help="comma-separated (default: every judged, drawn one)")
@@ -107,9 +120,9 @@ def main(argv: list[str] | None = None) -> None:
                 if pick.size == 0:
                     continue
                 params = [sample_params(args.synth_seed, int(test[i]), args.synth_n) for i in pick]
-                x = np.stack([prepared(p, S, crop) for p in params])
-                x_cf = [prepared(with_attribute(p, a, 1 - label), S, crop) for p in params]
-                x_cf = np.stack(x_cf)
+                x = np.stack([prepared(p, S, crop, args.style) for p in params])
+                flipped = [with_attribute(p, a, 1 - label) for p in params]
+                x_cf = np.stack([prepared(p, S, crop, args.style) for p in flipped])
                 x = torch.from_numpy(x).float() / 255
                 x_cf = torch.from_numpy(x_cf).float() / 255
                 z = vae.encode(x.to(vae.device)).mean.float()
