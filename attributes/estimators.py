@@ -20,7 +20,9 @@ Four ways to turn "these latents have the attribute, those do not" into a direct
   implied: see :func:`implied_by`). A step orthogonal to a label's normal leaves that label's
   linear score unchanged (the conditional manipulation of InterFaceGAN, Shen et al. 2020, over
   all free labels at once), where projecting out mean differences does not unless the latents
-  are isotropic.
+  are isotropic. ``directions`` adds, per label, latent directions along which it also changes
+  (a model's decoder knows them; the latents alone do not): the step is kept orthogonal to
+  those of every free label too.
 
 Everything works on numpy; torch tensors are accepted by duck typing and never imported.
 """
@@ -418,6 +420,11 @@ class AttributeVectors:
       the target does not leak into them. A requested target that is itself a condition keeps
       its ``base`` vector unchanged; asking only for condition attributes is an error.
     - ``base``: the method giving the target vector of ``conditional`` and ``orthogonal``.
+    - ``directions``: for ``orthogonal``, a mapping label name -> (D,) or (K, D) latent
+      directions along which that label also shows (for example its pixel change pulled back
+      through a decoder, which is what ``conceptvae``'s ``steered`` method passes). A target's
+      step is made orthogonal to these, for each label it keeps free, as well as to the label's
+      normal. Labels missing from the mapping keep their normal only.
     - ``min_count``: fewer examples than this in a class warns with
       :class:`UnreliableVectorWarning`.
     - ``cv``, ``Cs``, ``max_samples``, ``random_state``: the ``classifier`` method's
@@ -460,6 +467,7 @@ class AttributeVectors:
         max_samples: int | None = 20000,
         random_state: int = 0,
         direction: str = "pattern",
+        directions: dict[str, Any] | None = None,
     ) -> None:
         self.method = method
         self.attributes = attributes
@@ -472,6 +480,7 @@ class AttributeVectors:
         self.max_samples = max_samples
         self.random_state = random_state
         self.direction = direction
+        self.directions = directions
 
     # -- parameters
 
@@ -516,6 +525,16 @@ class AttributeVectors:
         cs = np.asarray(self.Cs, dtype=np.float64).reshape(-1)
         if cs.size == 0 or not np.all(np.isfinite(cs) & (cs > 0)):
             raise VectorError(f"Cs must be positive numbers, got {self.Cs!r}")
+        if self.directions is not None and self.method != "orthogonal":
+            raise VectorError(
+                f"directions is only used by method='orthogonal', got method={self.method!r}; "
+                "pass method='orthogonal' or drop directions"
+            )
+        if self.directions is not None and not isinstance(self.directions, dict):
+            raise VectorError(
+                f"directions must be a dict of label name -> (D,) or (K, D) arrays, got "
+                f"{type(self.directions).__name__}"
+            )
         if isinstance(self.confounders, bool) or (
             isinstance(self.confounders, numbers.Integral) and self.confounders < 0
         ):
@@ -590,7 +609,8 @@ class AttributeVectors:
                 vectors[k] = project_out(vectors[k], cond_vectors[targets[k]])
         self.preserved_: dict[str, list[str]] = {}
         if self.method == "orthogonal":
-            vectors = self._orthogonal(z, y, names, targets, vectors, r, all_counts)
+            extra = self._check_directions(names, z.shape[1])
+            vectors = self._orthogonal(z, y, names, targets, vectors, r, all_counts, extra)
 
         _warn_small([names[i] for i in targets], counts, self.min_count, "attribute")
         self.names_ = [names[i] for i in targets]
@@ -610,8 +630,10 @@ class AttributeVectors:
         vectors: np.ndarray,
         r: np.ndarray,
         counts: np.ndarray,
+        extra: dict[int, np.ndarray],
     ) -> np.ndarray:
-        """Each target's vector orthogonal to the normals of the labels free to stay fixed."""
+        """Each target's vector orthogonal to the normals of the labels free to stay fixed (and
+        to their ``extra`` directions)."""
         rng = np.random.default_rng(self.random_state)
         usable = [o for o in range(len(names)) if counts[o].min() >= self.min_count]
         normals: dict[int, np.ndarray] = {}
@@ -624,9 +646,28 @@ class AttributeVectors:
                 if o not in normals:
                     normals[o] = _logistic_normal(z, y[:, o], rng)
             basis = [normals[o] for o in keep if np.any(normals[o])]
+            basis += [row for o in keep if o in extra for row in extra[o] if np.any(row)]
             if basis:
                 out[k] = project_out(vectors[k], np.stack(basis))
             self.preserved_[names[t]] = [names[o] for o in keep]
+        return out
+
+    def _check_directions(self, names: list[str], dim: int) -> dict[int, np.ndarray]:
+        """``directions`` as label index -> (K, D) float64, checked against the names and D."""
+        out: dict[int, np.ndarray] = {}
+        for name, value in (self.directions or {}).items():
+            o = _resolve(name, names, "directions")
+            d = np.asarray(to_numpy(value), dtype=np.float64)
+            if d.ndim == 1:
+                d = d[None, :]
+            if d.ndim != 2 or d.shape[1] != dim:
+                raise VectorError(
+                    f"directions[{name!r}] has shape {tuple(np.shape(value))}, but the latents "
+                    f"have D={dim}: pass (D,) or (K, D)"
+                )
+            if not np.all(np.isfinite(d)):
+                raise VectorError(f"directions[{name!r}] holds NaN or inf; recompute it")
+            out[o] = d
         return out
 
     def _balanced(

@@ -9,8 +9,11 @@ trained on the held-out set's own train split (its labels, its style), and every
 judges is added (+1) and removed (-1) on up to --n-faces of the held-out test faces, with the
 local blend, as `conceptvae edit` does: success, leakage, visible leakage, SSIM outside the
 footprint, and leakage over the free attributes only (neither implied by the labels, nor
-hidden by the target, nor weakly judged) with the same for the null edit (no step). Prints a
-table and writes benchmarks/results/heldout_check.json (or --out).
+hidden by the target, nor weakly judged) with the same for the null edit (no step). With
+--floor (a benchmarks/counterfactual.py JSON made with the same judge on the same data), each
+pair also gets its verdict (calibration.verdict): works, at the judge's floor (no more than 1
+point above the true re-rendered edit's leakage), data ties, too weak or vector leaks. Prints
+a table and writes benchmarks/results/heldout_check.json (or --out).
 """
 
 from __future__ import annotations
@@ -34,16 +37,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--judge-minutes", type=float, default=4.0)
     ap.add_argument("--n-faces", type=int, default=200)
     ap.add_argument("--out", help="JSON path [default: benchmarks/results/heldout_check.json]")
+    ap.add_argument("--floor", help="counterfactual.py's JSON for the same judge and data")
     args = ap.parse_args(argv)
 
     from common import open_run
 
-    from conceptvae.calibration import measure_edits, occluded, summarize
+    from conceptvae.calibration import VERDICTS, measure_edits, occluded, summarize, verdict
     from conceptvae.data.cache import open_cache
     from conceptvae.evaluate import train_judge
     from conceptvae.vectors import split_latents
 
     t0 = time.perf_counter()
+    floors = {}
+    if args.floor:
+        for r in json.loads(Path(args.floor).read_text())["rows"]:
+            floors[r["attribute"], r["direction"]] = {
+                "success": r["success_counterfactual"],
+                "leakage": r["leakage_counterfactual"],
+            }
     judge_dir = Path(args.judge) if args.judge else Path(args.data).parent / "heldout-judge"
     if not args.judge and not (judge_dir / "judge.json").is_file():
         train_judge(open_cache(args.data), judge_dir, max_minutes=args.judge_minutes)
@@ -84,25 +95,32 @@ def main(argv: list[str] | None = None) -> None:
                     "hidden": hidden.get(a, []),
                 }
             )  # fmt: skip
+            floor = floors.get((a, d))
+            rows[-1]["verdict"], rows[-1]["reason"] = verdict(rows[-1], floor)
+            rows[-1]["floor"] = floor
     works = sum(r["works"] for r in rows)
     works_free = sum(r["works_free"] for r in rows)
     print(f"{args.run} on {args.data} (test split), judge trained on its train split "
           f"({len(judged)} attributes judged); {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print(f"{works} of {len(rows)} (attribute, direction) pairs work (success >= 95%, leakage "
           f"<= 2%); {works_free} counting free leakage only\n")  # fmt: skip
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
+    print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
     print("| attribute | direction | method | success | leakage | free leakage | free, no step "
-          "| SSIM outside | residual blend success | largest flips (why) |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+          "| true edit: leakage | SSIM outside | verdict | largest flips (why) |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
+        fl = "-" if r["floor"] is None else f"{r['floor']['leakage']:.3f}"
         print(
             f"| {r['attribute']} | {r['direction']} | {r['method']} | {r['success']:.2f} | "
             f"{r['leakage']:.3f} | {r['leakage_free']:.3f} | {r['null_leakage_free']:.3f} | "
-            f"{r['ssim_outside']:.3f} | {r['residual_success']:.2f} | "
+            f"{fl} | {r['ssim_outside']:.3f} | {r['verdict']} | "
             f"{'; '.join(r['why']) or '-'} |"
         )
     out = Path(args.out or Path(__file__).resolve().parent / "results" / "heldout_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": args.run, "data": args.data, "rows": rows}, indent=1))
+    summary = {"run": args.run, "data": args.data, "floor": args.floor, "verdicts": counts}
+    out.write_text(json.dumps({**summary, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ show differs from one attribute to the next (from under 1 to over 3 on the mean-
 scale). This module gives every vector one scale:
 
     strength 1 = the attribute is there, clearly: the smallest step at which at least
-    ``CALIBRATION_TARGET`` (97%) of held-out faces without it are judged to have it, edited as
+    ``CALIBRATION_TARGET`` (98%) of held-out faces without it are judged to have it, edited as
     ``conceptvae edit`` edits them (blend included); strength -1 = it is gone, clearly, from
     the same share of faces with it.
 
@@ -37,7 +37,11 @@ import torch
 from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
-CALIBRATION_TARGET = 0.97  # strength 1: this share of held-out faces judged as wanted
+# strength 1: this share of held-out faces judged as wanted. 98%, not 97%: calibrating on 200
+# faces picks the first noisy crossing, so the target needs a margin over the 95% goal; on the
+# shipped bank's valid curves, resampling them says 97% leaves a 5.6% chance per vector of truly
+# succeeding on fewer than 95% of faces, 98% a 1.3% chance, for 6% more strength on average
+CALIBRATION_TARGET = 0.98
 REPORTED_TARGETS = (0.90, 0.95)
 # latent steps tried, in units of the vector as fitted; the search stops once the target holds
 CALIBRATION_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0)
@@ -628,6 +632,44 @@ def measure_edits(
     return out
 
 
+FLOOR_MARGIN = 0.01  # an edit within this of the true edit's leakage is at the judge's floor
+VERDICTS = ("works", "at the judge's floor", "data ties", "too weak", "vector leaks")
+
+
+def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple[str, str]:
+    """Why a measured edit (a :func:`summarize` row: success, leakage, leakage_free, why) meets
+    the goals or not, as ``(kind, reason)``; ``kind`` is one of ``VERDICTS``:
+
+    - ``works``: success >= 95% and leakage <= 2%;
+    - ``at the judge's floor``: it succeeds, and leaks no more than ``FLOOR_MARGIN`` above the
+      true edit (``floor``: the ``success`` and ``leakage`` the same judge gives faces
+      re-rendered with the attribute flipped; SynthFaces only): no vector can do better as
+      this judge sees it;
+    - ``data ties``: it succeeds and its free leakage is <= 2%: what leaks beyond is labels the
+      data ties to the target (implied), the target hides, or the judge tells poorly;
+    - ``too weak``: success under 95% (with ``floor``, whether the judge sees the true edit);
+    - ``vector leaks``: the vector itself flips free labels; the reason names the largest.
+    """
+    succ, leak = row["success"], row["leakage"]
+    free = row.get("leakage_free", leak)
+    if succ >= SUCCESS_GOAL and leak <= LEAKAGE_GOAL:
+        return "works", f"success {succ:.0%}, leakage {leak:.1%}"
+    if succ < SUCCESS_GOAL:
+        seen = ""
+        if floor is not None:
+            seen = f"; the judge finds the true edit on {floor['success']:.0%} of faces"
+        return "too weak", f"success {succ:.0%} < {SUCCESS_GOAL:.0%}{seen}"
+    if floor is not None and leak <= max(LEAKAGE_GOAL, floor["leakage"] + FLOOR_MARGIN):
+        return (
+            "at the judge's floor",
+            f"leakage {leak:.1%}; the true edit leaks {floor['leakage']:.1%} by the same judge",
+        )
+    if free <= LEAKAGE_GOAL:
+        return "data ties", f"leakage {leak:.1%}, free leakage {free:.1%}"
+    own = [w for w in row.get("why", []) if "(vector" in w]
+    return "vector leaks", f"free leakage {free:.1%}: {'; '.join(own) or 'many small flips'}"
+
+
 def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "local") -> list:
     """One row per (attribute, direction) of ``measured`` (attribute -> ``{"methods": {method:
     measure_edits(...)}}``): the best method (one that works first, then the fewest flips,
@@ -669,4 +711,5 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
                     "why": c.get("why", []),
                 }
             )  # fmt: skip
+            rows[-1]["verdict"] = verdict(rows[-1])[0]
     return rows

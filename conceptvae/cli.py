@@ -586,7 +586,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.argument("data", type=click.Path(), required=False)
 @click.option("--method",
               type=click.Choice(["best", "mean", "balanced", "classifier", "conditional",
-                                 "orthogonal"]),
+                                 "orthogonal", "steered"]),
               default="best", show_default=True,
               help="best: per attribute, the method that works with the least leakage on the "
                    "valid split. With --condition: the base the conditions are projected out "
@@ -640,7 +640,7 @@ def vectors(
 
     The train split's posterior means are fitted (and cached in RUN/latents). With a valid
     split, each vector is calibrated there by an attribute judge trained on the same labels
-    (RUN/judge, trained once): strength 1 adds the attribute clearly (97% of held-out faces),
+    (RUN/judge, trained once): strength 1 adds the attribute clearly (98% of held-out faces),
     -1 removes it; each vector also gets its footprint. The valid split also judges them:
     held-out AUC, norms, cosines, confounds and problems, printed and written beside the bank.
     """
@@ -986,7 +986,8 @@ def grid_command(
               help="Report folder (report.md, report.json, plots).")  # fmt: skip
 @click.option("--attributes", help="Comma-separated attributes (default: all the judge passes).")
 @click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True,
-              help="Any of mean, balanced, classifier, conditional, orthogonal.")  # fmt: skip
+              help="Any of mean, balanced, classifier, conditional, orthogonal, "
+                   "steered.")  # fmt: skip
 @click.option("--strengths", default="0.5,1,1.5,2,3", show_default=True)
 @click.option("-n", "--n-faces", type=click.IntRange(min=1), default=300, show_default=True,
               help="Test faces edited per attribute and direction.")  # fmt: skip

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from attributes.bank import VectorBank
 from attributes.errors import VectorError
-from attributes.estimators import AttributeVectors, _resolve
+from attributes.estimators import AttributeVectors, _resolve, mean_difference
 from attributes.report import Report, quality_report
 from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from conceptvae.calibration import calibrate
@@ -34,10 +34,11 @@ LATENTS_DIR = "latents"
 REPORT_TEXT = "vectors_report.txt"
 REPORT_JSON = "vectors_report.json"
 HEATMAP = "vectors_cosine.png"
-METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal")
+METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal", "steered")
 # what --method best tries (with --condition: the conditional method): per attribute, the one
 # that works on the valid split, least leakage first
-BEST_OF = ("mean", "balanced", "classifier", "orthogonal")
+BEST_OF = ("mean", "balanced", "classifier", "orthogonal", "steered")
+STEER_FACES = 256  # train faces whose pixel changes give each label's decoder direction
 
 
 @torch.inference_mode()
@@ -126,13 +127,65 @@ def _heldout_split(cache: PreparedCache) -> str | None:
     return None
 
 
+def decoder_directions(
+    vae: ConceptVAE,
+    z: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    *,
+    n_faces: int = STEER_FACES,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per label, the latent direction along which its *pixel* change shows: name -> (D,)
+    unit float64, for every label with both classes in ``labels``.
+
+    A label's pixel change on a face is ``decode(z + m) - decode(z - m)`` with ``m`` its mean
+    difference; pulled back through the decoder (the gradient of ``<decode(z), change>``), and
+    averaged over ``n_faces`` faces of ``z``, it is the latent direction whose decoded change
+    looks like that label's. A logistic normal says where the label *separates* in the
+    latents, which can be far from where the decoder *draws* it: an edit orthogonal to the
+    normal of Smiling can still paint a smile. The ``steered`` method keeps its steps
+    orthogonal to both.
+    """
+    y = np.asarray(labels)
+    pos = y.sum(0)
+    usable = [k for k in range(y.shape[1]) if 0 < pos[k] < y.shape[0]]
+    if not usable:
+        return {}
+    diffs, _ = mean_difference(z, y[:, usable], names=[names[k] for k in usable])
+    rng = np.random.default_rng([seed, 0x5EE])
+    rows = np.sort(rng.permutation(z.shape[0])[:n_faces])
+    vae.eval()
+    dev = vae.device
+    steps = torch.as_tensor(diffs, dtype=torch.float32, device=dev)
+    grads = torch.zeros(len(usable), z.shape[1], dtype=torch.float64)
+    for k in range(0, rows.size, batch_size):
+        zb = torch.as_tensor(z[rows[k : k + batch_size]], dtype=torch.float32, device=dev)
+        zb.requires_grad_(True)
+        x0 = vae.decode(zb).float()
+        for j in range(len(usable)):
+            with torch.no_grad():
+                change = (vae.decode(zb + steps[j]) - vae.decode(zb - steps[j])).float()
+            (g,) = torch.autograd.grad((x0 * change).sum(), zb, retain_graph=True)
+            grads[j] += g.sum(0).double().cpu()
+    out = {}
+    for j, k in enumerate(usable):
+        norm = float(grads[j].norm())
+        if norm > 0 and np.isfinite(norm):
+            out[names[k]] = (grads[j] / norm).numpy()
+    return out
+
+
 def make_estimator(
     method: str,
     attributes: list[str] | None = None,
     condition: list[str] | None = None,
+    directions: dict[str, np.ndarray] | None = None,
 ) -> AttributeVectors:
     """The estimator the CLI asks for: ``--condition`` with mean/balanced/classifier means the
-    conditional method on top of that base."""
+    conditional method on top of that base; ``steered`` is ``orthogonal`` with ``directions``
+    (:func:`decoder_directions`; without them it fits as ``orthogonal``)."""
     if method not in METHODS:
         raise VectorError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     condition = list(condition or [])
@@ -143,9 +196,30 @@ def make_estimator(
         return AttributeVectors(
             "conditional", attributes=attributes, condition=condition, base=base
         )
-    if method == "orthogonal":  # the balanced vector, orthogonal to the free labels' normals
-        return AttributeVectors("orthogonal", attributes=attributes, base="balanced")
+    if method in ("orthogonal", "steered"):
+        # the balanced vector, orthogonal to the free labels' normals (and decoder directions)
+        return AttributeVectors(
+            "orthogonal",
+            attributes=attributes,
+            base="balanced",
+            directions=directions if method == "steered" else None,
+        )
     return AttributeVectors(method, attributes=attributes)
+
+
+def fit_method(
+    vae: ConceptVAE,
+    method: str,
+    z: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    attributes: list[str] | None = None,
+    condition: list[str] | None = None,
+) -> AttributeVectors:
+    """``make_estimator(method, ...)`` fitted on ``z``/``labels``; for ``steered``, with the
+    decoder directions of ``vae`` measured on those latents first."""
+    directions = decoder_directions(vae, z, labels, names) if method == "steered" else None
+    return make_estimator(method, attributes, condition, directions).fit(z, labels, names)
 
 
 def fit_vectors(
@@ -169,7 +243,7 @@ def fit_vectors(
 
     With ``judge`` (:class:`~conceptvae.evaluate.Judge`, trained on the same labels), each
     vector is calibrated on the held-out split (:func:`conceptvae.calibration.calibrate`):
-    strength 1 adds the attribute to 97% of held-out faces as edited with ``blend``, -1 removes
+    strength 1 adds the attribute to 98% of held-out faces as edited with ``blend``, -1 removes
     it; without one, or for attributes the judge cannot see, the uncalibrated latent scale
     applies (``judge_factory``: a function making the judge, called only when it is needed).
     Every vector gets its footprint. Returns the new vectors as a bank (provenance and
@@ -226,8 +300,11 @@ def fit_vectors(
     else:
         plans = {method: (method, condition)}
     fitted = {
-        m: VectorBank.from_estimator(
-            make_estimator(how, attributes, cond).fit(z, y, names), **provenance
+        m: _as_method(
+            VectorBank.from_estimator(
+                fit_method(vae, how, z, y, names, attributes, cond), **provenance
+            ),
+            m,
         )
         for m, (how, cond) in plans.items()
     }
@@ -271,6 +348,15 @@ def fit_vectors(
     if held is None:
         report.notes["_split"] = "no valid or test images: AUC measured on the fitting images"
     return bank, report
+
+
+def _as_method(bank: VectorBank, method: str) -> VectorBank:
+    """``bank`` with ``method`` as its metadata's method (``steered`` fits as ``orthogonal``)."""
+    if bank.metadata.get("method") == method or method == "conditional":
+        return bank
+    meta = bank.metadata
+    meta["method"] = method
+    return VectorBank({n: bank[n] for n in bank.names}, metadata=meta, footprints=bank.footprints)
 
 
 def _best_of(banks: dict[str, VectorBank]) -> VectorBank:
@@ -443,7 +529,7 @@ def describe_calibration(bank: VectorBank) -> str:
         return "no calibration recorded: strengths are on the scale the vectors were fitted on"
     lines = [
         "strength 1 is recommended for every vector (`--edit NAME` with no number); on the judge "
-        "scale +1 adds it to 97% of held-out faces and -1 removes it",
+        "scale +1 adds it to 98% of held-out faces and -1 removes it",
         f"{'name':<20} {'scale':<6} {'add: success':>12} {'leak':>6} {'90%':>5} {'95%':>5}  "
         f"{'remove: success':>15} {'leak':>6} {'90%':>5} {'95%':>5} {'area':>5}",
     ]

@@ -128,7 +128,7 @@ def calibrated():
     cal = calibrate(
         vae, FakeJudge(), raw, faces=faces, held_idx=np.arange(200), held_z=held_z,
         held_labels=held_y, names=FakeJudge.names, train_z=train_z, train_labels=train_y,
-        progress=False,
+        target=0.97, progress=False,
     )  # fmt: skip
     return SimpleNamespace(vae=vae, cal=cal, raw=raw, train_z=train_z, train_y=train_y,
                            held_z=held_z, held_y=held_y, faces=faces)  # fmt: skip
@@ -140,7 +140,7 @@ def calibrated():
 def test_calibrate_finds_the_planted_strength_and_removal_scale(calibrated):
     cal, raw = calibrated.cal, calibrated.raw
     rec = cal["calibration"]["Bright"]
-    assert rec["scale"] == "judge" and rec["target"] == CALIBRATION_TARGET
+    assert rec["scale"] == "judge" and rec["target"] == 0.97  # the planted answers are for 97%
     # the 97th smallest |z0| of the faces without it is 0.965: adding needs a step over 0.965;
     # the grid (0.75: 75%, 1.0: 100%) interpolates to 0.97
     assert rec["unit"] == pytest.approx(0.97, abs=1e-6)
@@ -639,9 +639,11 @@ def test_evaluate_calibrated_summary_has_the_planted_success_and_leakage(evaluat
     assert not add["works"] and rem["works"] and rem["works_visible"]
     m = result["calibrated"]["A"]["methods"]["mean"]
     assert result["calibrated"]["A"]["hidden"] == []
-    # valid faces cross at 0.6 (raw 0.25) and 1.0 (raw 0.5): 0.97 at raw 0.48125
+    # valid faces cross at 0.6 (raw 0.25) and 1.0 (raw 0.5): the default target (98%) is
+    # reached at raw 0.25 + 0.95 * 0.25 = 0.4875
+    assert CALIBRATION_TARGET == 0.98
     assert m["calibration"]["scale"] == "judge"
-    assert m["calibration"]["unit"] == pytest.approx(0.48125, abs=1e-6)
+    assert m["calibration"]["unit"] == pytest.approx(0.4875, abs=1e-6)
     assert m["calibration"]["removal_scale"] == pytest.approx(1.0)
     assert m["add"]["local"]["flips"] == {"C": 0.25}
 

@@ -168,3 +168,25 @@ def test_summarize_picks_the_method_that_works_and_judges_free_leakage():
     assert rem["best_method"] == "balanced" and not rem["works"] and rem["works_free"]
     assert not rem["methods_within_10"]  # mean is 17 points behind
     assert rem["why"] == ["X 5% (implied)"]
+    assert rows["add"]["verdict"] == "works" and rem["verdict"] == "data ties"
+
+
+def test_verdict_says_why_an_edit_misses_the_goals():
+    from conceptvae.calibration import verdict
+
+    def row(success, leakage, free, why=()):
+        return {"success": success, "leakage": leakage, "leakage_free": free, "why": list(why)}
+
+    assert verdict(row(0.97, 0.015, 0.01))[0] == "works"
+    # 4% leakage, but a perfect re-render leaks 3.5% by the same judge: the judge's floor
+    kind, reason = verdict(row(0.97, 0.04, 0.03), {"success": 0.9, "leakage": 0.035})
+    assert kind == "at the judge's floor" and "the true edit leaks 3.5%" in reason
+    # the same edit without a floor, or above floor + 1 point: its free leakage decides
+    assert verdict(row(0.97, 0.04, 0.015))[0] == "data ties"
+    kind, reason = verdict(
+        row(0.97, 0.06, 0.05, ["Smiling 30% (vector, 1% with no step)", "Male 9% (implied)"]),
+        {"success": 0.9, "leakage": 0.035},
+    )
+    assert kind == "vector leaks" and "Smiling 30%" in reason and "Male" not in reason
+    kind, reason = verdict(row(0.80, 0.01, 0.01), {"success": 0.25, "leakage": 0.01})
+    assert kind == "too weak" and "true edit on 25%" in reason

@@ -49,15 +49,15 @@ from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
 from conceptvae.evaluation.judge import MIN_ACCURACY, Judge, _require_labels
 from conceptvae.evaluation.metrics import psnr, ssim
-from conceptvae.vectors import data_key, make_estimator, split_latents
+from conceptvae.vectors import data_key, fit_method, make_estimator, split_latents
 
 __all__ = ["METHODS", "SYNTH_IDENTITY_TRAITS", "evaluate"]
 
 REPORT_FORMAT = 1
-# what evaluate measures by default; "orthogonal" is opt-in (--methods), as it fits a normal
-# per free label and the report's cost grows with each method
+# what evaluate measures by default; "orthogonal" and "steered" are opt-in (--methods), as they
+# fit a normal (and a decoder direction) per free label and the report's cost grows per method
 METHODS = ("mean", "balanced", "classifier", "conditional")
-ALL_METHODS = (*METHODS, "orthogonal")
+ALL_METHODS = (*METHODS, "orthogonal", "steered")
 TARGET_SUCCESS = 0.90  # "the strength a method needs" is the strength reaching this success
 CORRELATED = 0.3  # others with |label r| >= this to the target may rightly change with it
 EXAMPLE_FACES = 3  # rows per direction in the example grids
@@ -109,6 +109,7 @@ def _top_confound(r: np.ndarray, t: int, usable: np.ndarray) -> int | None:
 
 
 def _fit_method(
+    vae: Any,
     method: str,
     z: np.ndarray,
     y: np.ndarray,
@@ -118,9 +119,9 @@ def _fit_method(
 ) -> dict[str, np.ndarray]:
     """name -> (D,) vector of ``method`` for each target, fitted on train latents, each
     estimator made as ``conceptvae vectors`` makes it (:func:`~conceptvae.vectors.make_estimator`:
-    ``orthogonal`` on the balanced vector, ``conditional`` on the mean)."""
+    ``orthogonal`` and ``steered`` on the balanced vector, ``conditional`` on the mean)."""
     if method != "conditional":
-        est = make_estimator(method, targets).fit(z, y, names)
+        est = fit_method(vae, method, z, y, names, targets)
         return {n: est.vector(n) for n in targets}
     out: dict[str, np.ndarray] = {}
     for cond in dict.fromkeys(conditions[t] for t in targets):
@@ -234,7 +235,7 @@ def evaluate(
     )
     result["attributes"] = targets
     result["skipped"] = skipped
-    vectors, result["vectors"] = _fit_vectors(methods, targets, conditions, names, tr, ev)
+    vectors, result["vectors"] = _fit_vectors(vae, methods, targets, conditions, names, tr, ev)
 
     result["synthfaces"] = synth = _is_synthfaces(cache)
     result["edits"], result["examples"] = _run_edits(
@@ -454,6 +455,7 @@ def _choose_targets(
 
 
 def _fit_vectors(
+    vae: Any,
     methods: list[str],
     targets: list[str],
     conditions: dict[str, str],
@@ -468,7 +470,7 @@ def _fit_vectors(
     for method in methods if targets else []:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # small-class warnings: counts are in the report
-            vectors[method] = _fit_method(method, tr.z, tr.labels, names, targets, conditions)
+            vectors[method] = _fit_method(vae, method, tr.z, tr.labels, names, targets, conditions)
         matrix = np.stack([vectors[method][a] for a in targets])
         rep = quality_report(matrix, targets, ev.z, ev.labels, names, train_labels=tr.labels)
         quality[method] = {

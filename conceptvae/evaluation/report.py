@@ -336,7 +336,7 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         "## Calibrated edits: strength +1 and -1",
         "",
         f"Each method's vectors calibrated on the valid split (strength 1: the smallest step "
-        f"at which 97% of valid faces are judged as wanted, with the `local` blend), then every "
+        f"at which 98% of valid faces are judged as wanted, with the `local` blend), then every "
         f"attribute added (+1) and removed (-1) on {result['split']} faces. **Works**: success "
         f">= {SUCCESS_GOAL:.0%} with leakage <= {LEAKAGE_GOAL:.0%}. **Leakage**: mean flip "
         f"rate over the judged attributes whose labels correlate with the target by |r| < "
@@ -347,24 +347,28 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         f"{1 - IMPLIED_SUPPORT:.0%}), those it hides, and those the judge tells below "
         f"{RELIABLE_ACCURACY:.2f} balanced accuracy. SSIM outside: only where the vector's "
         "footprint does not reach. **Largest flips**: each with its reason and its flip rate "
-        "under the null edit (the same blend with no step: the model's redrawing alone).",
+        "under the null edit (the same blend with no step: the model's redrawing alone). "
+        "**Verdict**: works; *data ties* (it succeeds, and what leaks beyond 2% is implied, "
+        "hidden or weakly judged labels); *too weak* (success under "
+        f"{SUCCESS_GOAL:.0%}); *vector leaks* (free leakage over {LEAKAGE_GOAL:.0%}).",
         "",
         f"{works} of {len(summary)} (attribute, direction) pairs work for their best method "
         f"({visible} counting visible leakage only, {free} counting free leakage only).",
         "",
         "| attribute | direction | best method | success | leakage | visible leakage | "
-        "free leakage | SSIM | SSIM outside | works | every method within 10 points | "
+        "free leakage | SSIM | SSIM outside | verdict | every method within 10 points | "
         "success by method | largest flips (why) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|:---:|:---:|---|---|",
     ]
     for r in summary:
         by = ", ".join(f"{m} {_f(v)}" for m, v in r["success_by_method"].items())
         why = "; ".join(r.get("why") or []) or "-"
+        kind = r.get("verdict") or ("works" if r["works"] else "-")
         lines.append(
             f"| {r['attribute']} | {r['direction']} | {r['best_method']} | {_f(r['success'])} | "
             f"{_f(r['leakage'], 3)} | {_f(r['leakage_visible'], 3)} | "
             f"{_f(r.get('leakage_free'), 3)} | {_f(r['ssim'], 3)} | "
-            f"{_f(r['ssim_outside'], 3)} | {'yes' if r['works'] else 'no'} | "
+            f"{_f(r['ssim_outside'], 3)} | {kind} | "
             f"{'yes' if r['methods_within_10'] else 'no'} | {by} | {why} |"
         )
     blends = [b for b in ("local", "residual", "replace")
