@@ -421,8 +421,10 @@ def problems(record: dict[str, Any]) -> list[str]:
             r = record.get(d)
             if r is not None and not r["reached"]:
                 best = max(r["curve"]["success"]) if r["curve"]["success"] else 0.0
+                # one decimal where whole percents would round up to the target (97.5% vs 98%)
+                spec = ".1%" if round(100 * best) >= round(100 * record["target"]) else ".0%"
                 out.append(
-                    f"{'adding' if d == 'add' else 'removing'} it reaches only {best:.0%} of "
+                    f"{'adding' if d == 'add' else 'removing'} it reaches only {best:{spec}} of "
                     f"faces (target {record['target']:.0%}): strength 1 is its best; expect it "
                     "to fail on some faces"
                 )

@@ -206,6 +206,10 @@ def test_an_attribute_never_reached_is_reported_with_its_best_strength():
     }  # fmt: skip
     found = problems(record)
     assert len(found) == 1 and "adding it reaches only 60%" in found[0]
+    # just under the target: one decimal, never "reaches only 98% (target 98%)"
+    record["add"]["curve"]["success"] = [0.5, 0.975]
+    record["target"] = 0.98
+    assert "reaches only 97.5% of faces (target 98%)" in problems(record)[0]
 
 
 def test_strength_for_interpolates_and_says_none_when_never_reached():
