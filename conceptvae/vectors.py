@@ -351,8 +351,9 @@ def fit_vectors(
 
 
 def _as_method(bank: VectorBank, method: str) -> VectorBank:
-    """``bank`` with ``method`` as its metadata's method (``steered`` fits as ``orthogonal``)."""
-    if bank.metadata.get("method") == method or method == "conditional":
+    """``bank`` labelled ``steered`` when that is the plan: it fits as ``orthogonal``. Other
+    plans keep the estimator's own label (a base with ``--condition`` says ``conditional``)."""
+    if method != "steered":
         return bank
     meta = bank.metadata
     meta["method"] = method

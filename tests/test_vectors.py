@@ -166,6 +166,16 @@ def test_conditional_vector_is_orthogonal_to_the_condition(data, tmp_path):
     assert abs(cos) < 1e-4
 
 
+def test_a_base_method_with_a_condition_is_saved_as_conditional(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    r = run("vectors", run_dir, data / "cache", "--attributes", "Bright", "--method", "balanced",
+            "--condition", "Red")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = VectorBank.load(run_dir).metadata
+    assert meta["method"] == "conditional" and meta["base"] == "balanced"
+    assert meta["vectors"]["Bright"]["method"] == "conditional"
+
+
 def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
     run_dir = fresh_run(data, tmp_path)
     assert run("vectors", run_dir, data / "cache").exit_code == 0
