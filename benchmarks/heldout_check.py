@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         train_judge(open_cache(args.data), judge_dir, max_minutes=args.judge_minutes)
     vae, bank, cache, judge, judged = open_run(args.run, args.data, judge_dir)
     names = list(cache.attr_names)
-    ti, _ = cache.split("train"), None
-    y_train = np.asarray(cache.labels[ti])
+    y_train = np.asarray(cache.labels[cache.split("train")])
     vi = cache.split("valid")
     y_valid = np.asarray(cache.labels[vi])
     test_idx, z_test = split_latents(vae, cache, "test", None, progress=False)
