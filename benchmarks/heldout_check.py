@@ -12,8 +12,10 @@ footprint, and leakage over the free attributes only (neither implied by the lab
 hidden by the target, nor weakly judged) with the same for the null edit (no step). With
 --floor (a benchmarks/counterfactual.py JSON made with the same judge on the same data), each
 pair also gets its verdict (calibration.verdict): works, at the judge's floor (no more than 1
-point above the true re-rendered edit's leakage), data ties, too weak or vector leaks. Prints
-a table and writes benchmarks/results/heldout_check.json (or --out).
+point above the true re-rendered edit's leakage), data ties, at the model's floor (no more than
+1 point above what the model's own decoding of the true edit leaks), the true direction leaks as
+much (the true edits' mean direction, calibrated), too weak or vector leaks. Prints a table and
+writes benchmarks/results/heldout_check.json (or --out).
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
             floors[r["attribute"], r["direction"]] = {
                 "success": r["success_counterfactual"],
                 "leakage": r["leakage_counterfactual"],
+                # the model's own true edits (present when counterfactual.py measured them)
+                **{
+                    f"{k}_{m}": r[f"{m}_{w}"]
+                    for k, w in (("decoded", "decoded_truth"), ("direction", "truth_direction"))
+                    for m in ("success", "leakage")
+                    if f"{m}_{w}" in r
+                },
             }
     judge_dir = Path(args.judge) if args.judge else Path(args.data).parent / "heldout-judge"
     if not args.judge and not (judge_dir / "judge.json").is_file():
@@ -106,10 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
     print("| attribute | direction | method | success | leakage | free leakage | free, no step "
-          "| true edit: leakage | SSIM outside | verdict | largest flips (why) |")  # fmt: skip
+          "| true edit: leakage (/ decoded / direction) | SSIM outside | verdict "
+          "| largest flips (why) |")  # fmt: skip
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         fl = "-" if r["floor"] is None else f"{r['floor']['leakage']:.3f}"
+        for k in ("decoded", "direction"):
+            if r["floor"] is not None and f"{k}_leakage" in r["floor"]:
+                fl += f" / {r['floor'][f'{k}_leakage']:.3f}"
         print(
             f"| {r['attribute']} | {r['direction']} | {r['method']} | {r['success']:.2f} | "
             f"{r['leakage']:.3f} | {r['leakage_free']:.3f} | {r['null_leakage_free']:.3f} | "

@@ -635,7 +635,15 @@ def measure_edits(
 
 
 FLOOR_MARGIN = 0.01  # an edit within this of the true edit's leakage is at the judge's floor
-VERDICTS = ("works", "at the judge's floor", "data ties", "too weak", "vector leaks")
+VERDICTS = (
+    "works",
+    "at the judge's floor",
+    "data ties",
+    "at the model's floor",
+    "the true direction leaks as much",
+    "too weak",
+    "vector leaks",
+)
 
 
 def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple[str, str]:
@@ -649,8 +657,17 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
       this judge sees it;
     - ``data ties``: it succeeds and its free leakage is <= 2%: what leaks beyond is labels the
       data ties to the target (implied), the target hides, or the judge tells poorly;
+    - ``at the model's floor``: it succeeds, and the model itself leaks as much (within
+      ``FLOOR_MARGIN``) when handed the true edit, each face moved to its re-rendered
+      counterfactual's own latent (``floor["decoded_leakage"]``): the decoder's doing, not the
+      vector's;
+    - ``the true direction leaks as much``: it succeeds, and the one direction measured from
+      true edits (their mean latent change, calibrated the same way) leaks as much
+      (``floor["direction_leakage"]``): a better estimate of the direction would not help; only
+      an edit that is not one step along one direction could;
     - ``too weak``: success under 95% (with ``floor``, whether the judge sees the true edit);
-    - ``vector leaks``: the vector itself flips free labels; the reason names the largest.
+    - ``vector leaks``: the vector itself flips free labels; the reason names the largest and,
+      with ``floor``, what the model's true edits leak.
     """
     succ, leak = row["success"], row["leakage"]
     free = row.get("leakage_free", leak)
@@ -668,8 +685,18 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
         )
     if free <= LEAKAGE_GOAL:
         return "data ties", f"leakage {leak:.1%}, free leakage {free:.1%}"
+    truths = [  # (verdict, what, its leakage), the per-face truth first
+        (VERDICTS[3], "the model's decoding of the true edit", "decoded_leakage"),
+        (VERDICTS[4], "the true edits' mean direction", "direction_leakage"),
+    ]
+    truths = [(k, w, floor[key]) for k, w, key in truths if (floor or {}).get(key) is not None]
+    told = "; ".join(f"{w} leaks {v:.1%}" for _, w, v in truths)
+    for kind, _, level in truths:
+        if leak <= level + FLOOR_MARGIN:
+            return kind, f"leakage {leak:.1%}; {told}"
     own = [w for w in row.get("why", []) if "(vector" in w]
-    return "vector leaks", f"free leakage {free:.1%}: {'; '.join(own) or 'many small flips'}"
+    reason = f"free leakage {free:.1%}: {'; '.join(own) or 'many small flips'}"
+    return "vector leaks", reason + (f" ({told})" if told else "")
 
 
 def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "local") -> list:

@@ -190,3 +190,14 @@ def test_verdict_says_why_an_edit_misses_the_goals():
     assert kind == "vector leaks" and "Smiling 30%" in reason and "Male" not in reason
     kind, reason = verdict(row(0.80, 0.01, 0.01), {"success": 0.25, "leakage": 0.01})
     assert kind == "too weak" and "true edit on 25%" in reason
+    # the model's own true edits leak 5.5%: the 6% is the decoder's, not the estimate's
+    leaky = row(0.97, 0.06, 0.05, ["Smiling 30% (vector, 1% with no step)"])
+    cf = {"success": 0.9, "leakage": 0.01, "decoded_leakage": 0.055, "direction_leakage": 0.02}
+    kind, reason = verdict(leaky, cf)
+    assert kind == "at the model's floor" and "decoding of the true edit leaks 5.5%" in reason
+    # ... but not when they leak clearly less (1 point above them is the margin)
+    kind, reason = verdict(leaky, {**cf, "decoded_leakage": 0.045, "direction_leakage": 0.049})
+    assert kind == "vector leaks" and "mean direction leaks 4.9%" in reason
+    # the true edits' mean direction leaks 5.2%: no better estimate of one direction helps
+    kind, _ = verdict(leaky, {**cf, "decoded_leakage": 0.01, "direction_leakage": 0.052})
+    assert kind == "the true direction leaks as much"
