@@ -13,6 +13,11 @@ Four ways to turn "these latents have the attribute, those do not" into a direct
   pattern points where the attribute *shows* in the latents. ``direction="normal"`` keeps the
   normal. Either is scaled so that adding it once moves the negatives' mean to the positives'
   mean along it.
+- ``adjusted``: regression adjustment: the target's coefficient in the least-squares fit of the
+  latents on *all* labels at once (``z ~ b + sum_k w_k y_k``), that is the change of z when the
+  target flips with every other label held fixed. Where balancing evens out a few confounders,
+  this holds all of them; the price is variance where labels are nearly collinear, which its
+  effective counts show (the class counts times ``1 - R^2`` of the target on the other labels).
 - ``conditional``: a ``base`` vector with the directions of chosen ``condition`` attributes
   projected out, so that editing the target leaves them alone.
 - ``orthogonal``: a ``base`` vector made orthogonal to the logistic-regression normals of every
@@ -42,8 +47,8 @@ from threadpoolctl import threadpool_limits
 from attributes._arrays import as_array, to_numpy
 from attributes.errors import UnreliableVectorWarning, VectorError
 
-METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal")
-BASES = ("mean", "balanced", "classifier")
+METHODS = ("mean", "balanced", "classifier", "adjusted", "conditional", "orthogonal")
+BASES = ("mean", "balanced", "classifier", "adjusted")
 DIRECTIONS = ("pattern", "normal")  # what the classifier method returns
 DEFAULT_CONFOUNDERS = 3
 MIN_CORRELATION = 0.05  # confounders chosen by count must be at least this correlated (|r|)
@@ -331,6 +336,39 @@ def _logistic_normal(z: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> 
     return w / norm if norm > 0 and np.isfinite(norm) else np.zeros(z.shape[1])
 
 
+def _adjusted(z: np.ndarray, y: np.ndarray, targets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Regression adjustment: the coefficients of ``targets`` (A', D) in the least-squares fit
+    of ``z`` on an intercept and every label with both classes, and per target the share of its
+    variance the other labels leave unexplained (``1 - R^2``, in [0, 1]).
+
+    Solved through the labels' (A x A) covariance, accumulated over row chunks, so memory does
+    not grow with N; a label that other labels determine exactly gets the minimum-norm share of
+    the joint effect (pseudo-inverse) and a ``1 - R^2`` of 0.
+    """
+    n = y.shape[0]
+    pos = y.sum(axis=0, dtype=np.int64)
+    usable = [k for k in range(y.shape[1]) if 0 < pos[k] < n]
+    yu = y[:, usable].astype(np.float64)
+    ym = yu.mean(axis=0)
+    zm = np.zeros(z.shape[1], dtype=np.float64)
+    for rows in _chunks(n, z.shape[1]):
+        zm += z[rows].sum(axis=0, dtype=np.float64)
+    zm /= n
+    cyy = (yu - ym).T @ (yu - ym)
+    cyz = np.zeros((len(usable), z.shape[1]), dtype=np.float64)
+    for rows in _chunks(n, z.shape[1]):
+        cyz += (yu[rows] - ym).T @ (z[rows].astype(np.float64) - zm)
+    coef = np.linalg.pinv(cyy, rcond=1e-10, hermitian=True) @ cyz
+    picked = [usable.index(t) for t in targets]
+    share = np.empty(len(targets), dtype=np.float64)
+    for k, j in enumerate(picked):  # 1 - R^2 of the target's label on all the others
+        o = [i for i in range(len(usable)) if i != j]
+        explained = cyy[j, o] @ np.linalg.pinv(cyy[np.ix_(o, o)], rcond=1e-10, hermitian=True)
+        share[k] = (cyy[j, j] - explained @ cyy[o, j]) / cyy[j, j] if o else 1.0
+    share = np.clip(share, 0.0, 1.0)
+    return coef[picked], share
+
+
 def _pick_confounders(
     target: int, conf_names: list[int] | None, k: int, r: np.ndarray | None
 ) -> list[int]:
@@ -407,8 +445,8 @@ class AttributeVectors:
 
     Parameters follow scikit-learn: ``__init__`` stores them, :meth:`fit` checks them.
 
-    - ``method``: ``"mean"``, ``"balanced"``, ``"classifier"``, ``"conditional"`` or
-      ``"orthogonal"``.
+    - ``method``: ``"mean"``, ``"balanced"``, ``"classifier"``, ``"adjusted"``,
+      ``"conditional"`` or ``"orthogonal"``.
     - ``attributes``: names to fit (default all; for ``conditional``, all but the conditions).
     - ``confounders``: for ``balanced`` (and the condition vectors of ``conditional``), the
       attributes to balance: a list of names, or a number k of the other attributes most
@@ -445,7 +483,8 @@ class AttributeVectors:
     ``[negatives, positives]``: how many faces each class of a vector effectively rests on
     (Kish's ``(sum w)^2 / sum w^2`` under the balancing weights for ``balanced``; the class counts
     for ``mean``; the rows the classifier was fitted on, after ``max_samples``, for
-    ``classifier``; the ``base`` vector's for ``conditional``), ``norms_`` (A',) float32,
+    ``classifier``; the class counts times ``1 - R^2`` of the target on the other labels for
+    ``adjusted``; the ``base`` vector's for ``conditional``), ``norms_`` (A',) float32,
     ``confounders_`` and ``coverage_`` (per balanced target: the attributes balanced, the share of
     samples in cells holding both classes), ``condition_`` (the condition names as resolved
     against ``names``, empty unless ``conditional``), ``condition_confounders_``
@@ -722,6 +761,9 @@ class AttributeVectors:
             return vectors, counts, effective
         vectors, counts = _mean_difference(z, y[:, targets])
         effective = counts.astype(np.float64)  # equal weights: every face counts once
+        if method == "adjusted":
+            vectors, share = _adjusted(z, y, targets)
+            effective = effective * share[:, None]
         if method == "classifier":
             rng = np.random.default_rng(self.random_state)
             for k, t in enumerate(targets):

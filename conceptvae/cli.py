@@ -585,8 +585,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path(), required=False)
 @click.option("--method",
-              type=click.Choice(["best", "mean", "balanced", "classifier", "conditional",
-                                 "orthogonal", "steered"]),
+              type=click.Choice(["best", "mean", "balanced", "classifier", "adjusted",
+                                 "conditional", "orthogonal", "steered"]),
               default="best", show_default=True,
               help="best: per attribute, the method that works with the least leakage on the "
                    "valid split. With --condition: the base the conditions are projected out "
@@ -986,7 +986,7 @@ def grid_command(
               help="Report folder (report.md, report.json, plots).")  # fmt: skip
 @click.option("--attributes", help="Comma-separated attributes (default: all the judge passes).")
 @click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True,
-              help="Any of mean, balanced, classifier, conditional, orthogonal, "
+              help="Any of mean, balanced, classifier, adjusted, conditional, orthogonal, "
                    "steered.")  # fmt: skip
 @click.option("--strengths", default="0.5,1,1.5,2,3", show_default=True)
 @click.option("-n", "--n-faces", type=click.IntRange(min=1), default=300, show_default=True,

@@ -34,10 +34,10 @@ LATENTS_DIR = "latents"
 REPORT_TEXT = "vectors_report.txt"
 REPORT_JSON = "vectors_report.json"
 HEATMAP = "vectors_cosine.png"
-METHODS = ("mean", "balanced", "classifier", "conditional", "orthogonal", "steered")
+METHODS = ("mean", "balanced", "classifier", "adjusted", "conditional", "orthogonal", "steered")
 # what --method best tries (with --condition: the conditional method): per attribute, the one
 # that works on the valid split, least leakage first
-BEST_OF = ("mean", "balanced", "classifier", "orthogonal", "steered")
+BEST_OF = ("mean", "balanced", "classifier", "adjusted", "orthogonal", "steered")
 STEER_FACES = 256  # train faces whose pixel changes give each label's decoder direction
 
 

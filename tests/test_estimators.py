@@ -459,3 +459,44 @@ def test_case_insensitive_names_accepted_in_parameters():
 def test_project_out_shape_mismatch_raises():
     with pytest.raises(VectorError, match="others has 3 columns but vector has 4 entries"):
         project_out(np.ones(4), np.ones((2, 3)))
+
+
+def _many_confounds(n=40000, d=48, k=6, seed=3):
+    """T has its own direction and is more likely with each of k independent labels C0..C5,
+    which have their own directions: more confounders than balancing's default of 3."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, k + 1)))
+    others = rng.random((n, k)) < 0.5
+    t = rng.random(n) < 0.05 + 0.15 * others.sum(1)
+    labels = np.column_stack([t, others]).astype(np.uint8)
+    scale = np.r_[1.5, np.full(k, 3.0)]  # the confounders draw strongly
+    z = rng.standard_normal((n, d)) + (labels * scale) @ q.T
+    return z.astype(np.float32), labels, ["T", *(f"C{i}" for i in range(k))], q.T
+
+
+def test_adjusted_holds_every_other_label_fixed():
+    z, labels, names, dirs = _many_confounds()
+    adjusted = AttributeVectors("adjusted", attributes=["T"]).fit(z, labels, names)
+    balanced = AttributeVectors("balanced", attributes=["T"]).fit(z, labels, names)
+    mean = AttributeVectors("mean", attributes=["T"]).fit(z, labels, names)
+    # the planted effect of T, with the six labels that come with it held fixed
+    np.testing.assert_allclose(adjusted.vector("T"), 1.5 * dirs[0], atol=0.06)
+    assert _cos(adjusted.vector("T"), dirs[0]) > 0.995
+    # balancing three of the six leaves the other three in; the mean difference keeps all
+    assert _cos(balanced.vector("T"), dirs[0]) < 0.92
+    assert _cos(mean.vector("T"), dirs[0]) < _cos(balanced.vector("T"), dirs[0])
+    for c in dirs[1:]:
+        assert abs(_cos(adjusted.vector("T"), c)) < 0.03
+
+
+def test_adjusted_effective_counts_shrink_with_collinearity():
+    labels = _collinear()
+    z = np.random.default_rng(7).standard_normal((labels.shape[0], 4))
+    est = AttributeVectors("adjusted").fit(z, labels, ["Male", "Lipstick"])
+    r = np.corrcoef(labels[:, 0], labels[:, 1])[0, 1]
+    # with one other label, 1 - R^2 is 1 - r^2: the class counts times it
+    np.testing.assert_allclose(est.effective_counts_, est.counts_ * (1 - r**2), rtol=1e-9)
+    # a label the others fix exactly rests on no faces at all
+    dup = np.column_stack([labels, labels[:, 1]])
+    est = AttributeVectors("adjusted").fit(z, dup, ["Male", "Lipstick", "Lipstick2"])
+    assert np.all(est.effective_counts_[1:] < 1e-6)

@@ -54,10 +54,11 @@ from conceptvae.vectors import data_key, fit_method, make_estimator, split_laten
 __all__ = ["METHODS", "SYNTH_IDENTITY_TRAITS", "evaluate"]
 
 REPORT_FORMAT = 1
-# what evaluate measures by default; "orthogonal" and "steered" are opt-in (--methods), as they
-# fit a normal (and a decoder direction) per free label and the report's cost grows per method
+# what evaluate measures by default; "adjusted", "orthogonal" and "steered" are opt-in
+# (--methods): the report's cost grows per method, and the last two fit a normal (and a decoder
+# direction) per free label
 METHODS = ("mean", "balanced", "classifier", "conditional")
-ALL_METHODS = (*METHODS, "orthogonal", "steered")
+ALL_METHODS = (*METHODS, "adjusted", "orthogonal", "steered")
 TARGET_SUCCESS = 0.90  # "the strength a method needs" is the strength reaching this success
 CORRELATED = 0.3  # others with |label r| >= this to the target may rightly change with it
 EXAMPLE_FACES = 3  # rows per direction in the example grids
