@@ -348,16 +348,13 @@ def _adjusted(z: np.ndarray, y: np.ndarray, targets: list[int]) -> tuple[np.ndar
     n = y.shape[0]
     pos = y.sum(axis=0, dtype=np.int64)
     usable = [k for k in range(y.shape[1]) if 0 < pos[k] < n]
-    yu = y[:, usable].astype(np.float64)
-    ym = yu.mean(axis=0)
-    zm = np.zeros(z.shape[1], dtype=np.float64)
-    for rows in _chunks(n, z.shape[1]):
-        zm += z[rows].sum(axis=0, dtype=np.float64)
-    zm /= n
-    cyy = (yu - ym).T @ (yu - ym)
+    yc = y[:, usable].astype(np.float64)
+    yc -= yc.mean(axis=0)
+    cyy = yc.T @ yc
+    # centred labels sum to zero, so their products with z need no centred z: one pass
     cyz = np.zeros((len(usable), z.shape[1]), dtype=np.float64)
     for rows in _chunks(n, z.shape[1]):
-        cyz += (yu[rows] - ym).T @ (z[rows].astype(np.float64) - zm)
+        cyz += yc[rows].T @ z[rows].astype(np.float64)
     coef = np.linalg.pinv(cyy, rcond=1e-10, hermitian=True) @ cyz
     picked = [usable.index(t) for t in targets]
     share = np.empty(len(targets), dtype=np.float64)
@@ -759,11 +756,13 @@ class AttributeVectors:
                 self.confounders_[names[t]] = [names[c] for c in confs]
                 self.coverage_[names[t]] = cov
             return vectors, counts, effective
+        if method == "adjusted":  # the class counts, shrunk by what the other labels explain
+            vectors, share = _adjusted(z, y, targets)
+            pos = y[:, targets].sum(axis=0, dtype=np.int64)
+            counts = np.stack([y.shape[0] - pos, pos], axis=1)
+            return vectors, counts, counts * share[:, None]
         vectors, counts = _mean_difference(z, y[:, targets])
         effective = counts.astype(np.float64)  # equal weights: every face counts once
-        if method == "adjusted":
-            vectors, share = _adjusted(z, y, targets)
-            effective = effective * share[:, None]
         if method == "classifier":
             rng = np.random.default_rng(self.random_state)
             for k, t in enumerate(targets):

@@ -81,24 +81,20 @@ def _rate(p, q, others: list[int]) -> float:
     return float((p[:, others] != q[:, others]).float().mean()) if others else 0.0
 
 
-def truth_direction(
-    vae, judge, cache, a, names, train_idx, z_train, valid_idx, z_valid, y_valid, args, crop, rng
-):  # fmt: skip
-    """The mean latent change from a train face to its counterfactual, ``a`` added on half of
-    ``args.truth_faces`` faces and removed on the other half (the change of a removal counted
-    with its sign turned), calibrated on the valid split like a bank's vector: ``(vector,
-    removal scale, footprint weight)``, torch tensors."""
+def true_change(vae, a, names, train_idx, z_train, y_train, args, n_faces, crop, rng):
+    """The mean latent change from a train face to its counterfactual: ``a`` added on half of
+    ``n_faces`` train faces that lack it and removed on half that have it (the change of a
+    removal counted with its sign turned); (D,) float32. ``z_train``/``y_train``: the train
+    split's posterior means and labels, rows ``train_idx`` of the set."""
     import torch
 
-    from conceptvae.calibration import calibrate, footprint_weight
     from conceptvae.data.synth import sample_params, with_attribute
 
     t = names.index(a)
-    y_train = np.asarray(cache.labels[train_idx])
     S = vae.config.image_size
     changes = []
     for label in (0, 1):
-        pick = rng.permutation(np.flatnonzero(y_train[:, t] == label))[: args.truth_faces // 2]
+        pick = rng.permutation(np.flatnonzero(y_train[:, t] == label))[: n_faces // 2]
         if pick.size == 0:
             continue
         params = [sample_params(args.synth_seed, int(train_idx[i]), args.synth_n) for i in pick]
@@ -107,7 +103,20 @@ def truth_direction(
         z_cf = vae.encode(torch.from_numpy(x_cf).float().div(255).to(vae.device)).mean
         change = z_cf.float().cpu().numpy() - z_train[pick]
         changes.append(change if label == 0 else -change)
-    u = np.concatenate(changes).mean(0).astype(np.float32)
+    return np.concatenate(changes).mean(0).astype(np.float32)
+
+
+def truth_direction(
+    vae, judge, cache, a, names, train_idx, z_train, y_train, valid_idx, z_valid, y_valid, args,
+    crop, rng,
+):  # fmt: skip
+    """:func:`true_change` over ``args.truth_faces`` faces, calibrated on the valid split like
+    a bank's vector: ``(vector, removal scale, footprint weight)``, torch tensors."""
+    import torch
+
+    from conceptvae.calibration import calibrate, footprint_weight
+
+    u = true_change(vae, a, names, train_idx, z_train, y_train, args, args.truth_faces, crop, rng)
     cal = calibrate(
         vae, judge, {a: u}, faces=cache.batch, held_idx=valid_idx, held_z=z_valid,
         held_labels=y_valid, names=names, train_z=z_train,
@@ -173,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     truth_of = {}
     if args.truth_faces > 0:
         # a run folder's latent cache is read (and kept) when it has one; else encode here
-        kept = resolve(args.run) if (resolve(args.run) / "latents").is_dir() else None
+        path = resolve(args.run)
+        kept = path if (path / "latents").is_dir() else None
         train_idx, z_train = split_latents(vae, cache, "train", kept, progress=False)
         valid_idx, z_valid = split_latents(vae, cache, "valid", kept, progress=False)
         y_valid = np.asarray(cache.labels[valid_idx])
@@ -186,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             weight = footprint_weight(bank.footprints[a])
             if args.truth_faces > 0:
                 truth_of[a] = truth_direction(
-                    vae, judge, cache, a, names, train_idx, z_train, valid_idx, z_valid,
-                    y_valid, args, crop, rng,
+                    vae, judge, cache, a, names, train_idx, z_train, y_train, valid_idx,
+                    z_valid, y_valid, args, crop, rng,
                 )  # fmt: skip
             for direction, label in (("add", 0), ("remove", 1)):
                 pick = rng.permutation(np.flatnonzero(y_test[:, t] == label))[: args.n_faces]

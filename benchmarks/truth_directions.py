@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     from common import machine, write_report
-    from counterfactual import prepared
+    from counterfactual import true_change
 
     from attributes.estimators import AttributeVectors
     from conceptvae.data.cache import open_cache
-    from conceptvae.data.synth import RENDERED_ATTRIBUTES, sample_params, with_attribute
+    from conceptvae.data.synth import RENDERED_ATTRIBUTES
     from conceptvae.evaluate import Judge
     from conceptvae.model import ConceptVAE
     from conceptvae.pretrained import resolve
@@ -65,24 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     kept = path if (path / "latents").is_dir() else None
     train_idx, z = split_latents(vae, cache, "train", kept, progress=False)
     y = np.asarray(cache.labels[train_idx])
-    S = vae.config.image_size
     crop = int(round(getattr(vae.config, "crop", None) or 148))
     rng = np.random.default_rng(1)
-    truth = {}
     with torch.inference_mode():
-        for a in targets:
-            t = names.index(a)
-            changes = []
-            for label in (0, 1):
-                pick = rng.permutation(np.flatnonzero(y[:, t] == label))[: args.faces // 2]
-                params = [sample_params(args.synth_seed, int(train_idx[i]), args.synth_n)
-                          for i in pick]  # fmt: skip
-                x = np.stack([prepared(with_attribute(p, a, 1 - label), S, crop, args.style)
-                              for p in params])  # fmt: skip
-                z_cf = vae.encode(torch.from_numpy(x).float().div(255).to(vae.device)).mean
-                change = z_cf.float().cpu().numpy() - z[pick]
-                changes.append(change if label == 0 else -change)
-            truth[a] = np.concatenate(changes).mean(0)
+        truth = {
+            a: true_change(vae, a, names, train_idx, z, y, args, args.faces, crop, rng)
+            for a in targets
+        }
     rendered = time.perf_counter() - t0
     fitted: dict[str, AttributeVectors] = {
         m: make_estimator(m, targets).fit(z, y, names) for m in METHODS
