@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "vectors": {n: bank[n] for n in bank.names},
         "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
         "footprints": bank.footprints,
+        "calibration": bank.metadata.get("calibration", {}),
     }
     rows = []
     for a in judged:
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                                           "leakage_visible", "leakage_free", "ssim_outside",
                                           "works", "works_free", "why")},
                     "n": res[d]["n"],
+                    "ssim": res[d]["local"]["ssim"],
+                    "redraw": res[d]["redraw"],
                     "null_leakage_free": res[d]["null"]["leakage_free"],
                     "residual_success": res[d]["residual"]["success"],
                     "method": method,
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({len(judged)} attributes judged); {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print(f"{works} of {len(rows)} (attribute, direction) pairs work (success >= 95%, leakage "
           f"<= 2%); {works_free} counting free leakage only\n")  # fmt: skip
+    less = sum(r["redraw"] < 1 for r in rows)
+    print(f"mean SSIM to the photo {np.mean([r['ssim'] for r in rows]):.4f}; the local blend "
+          f"redraws less than all of the decoded face in {less} of {len(rows)} pairs")  # fmt: skip
     counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
     print("| attribute | direction | method | success | leakage | free leakage | free, no step "

@@ -49,6 +49,11 @@ LATENT_SCALE = 1.5  # uncalibrated: strength 1 = 1.5 x the class-mean difference
 CORRELATED = 0.3  # other labels with |r| >= this to the target may rightly change with it
 FOOTPRINT_LEVEL = 0.5  # a pixel is fully inside the footprint at this share of its peak change
 FOOTPRINT_FACES = 256
+# how much of the decoded face the local blend shows inside the footprint (1: all of it, as a
+# removal needs to erase a sharp smile; 0: only the change, over the photo's own detail). Each
+# vector's direction gets the least of these that still reaches the calibration target on the
+# held-out split, so an edit redraws no more of the photo than it needs to
+REDRAW_GRID = (0.0, 0.25, 0.5, 0.75)
 NO_EFFECT = 2.0 / 255  # a footprint whose peak change is below this: the vector does nothing
 
 
@@ -96,6 +101,25 @@ def combined_weight(weights: Sequence[tuple[float, torch.Tensor]]) -> torch.Tens
     return out
 
 
+def redraw_of(calibration: dict[str, Any], name: str, direction: str) -> float:
+    """The redraw chosen for ``name``'s ``direction`` (``"add"``/``"remove"``) in a bank's
+    calibration records (its metadata's ``"calibration"``); 1 (redraw fully) when none was."""
+    record = (calibration.get(name) or {}).get(direction) or {}
+    return float(record.get("redraw", 1.0))
+
+
+def redraw_weight(terms: Sequence[tuple[float, float, torch.Tensor]]) -> torch.Tensor | None:
+    """The local blend's redraw map ``r`` of an expression: the max over its terms of
+    ``redraw * w * min(1, |coefficient|)`` for terms ``(coefficient, redraw, w)``; with one
+    term of |coefficient| >= 1 that is ``redraw * w``, what a number ``redraw`` means to
+    :func:`crop_edit`. None when there is no term."""
+    out = None
+    for coef, g, w in terms:
+        r = w * (min(1.0, abs(float(coef))) * float(g))
+        out = r if out is None else torch.maximum(out, r)
+    return out
+
+
 # ----------------------------------------------------------------------------- the edit
 
 
@@ -107,6 +131,7 @@ def crop_edit(
     *,
     weight: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    redraw: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """The edited crops (B, 3, S, S) in [0, 1] as ``conceptvae edit`` makes them.
 
@@ -116,14 +141,18 @@ def crop_edit(
 
     - ``residual``: x + mask * (d1 - d0): the photo keeps its own detail.
     - ``replace``: x + mask * (d1 - x): the decoded face itself.
-    - ``local``: x + w * ((d1 - d0) + w * (d0 - x)): inside the footprint the decoded face,
-      outside it the photo, the residual change in between.
+    - ``local``: x + w * ((d1 - d0) + r * (d0 - x)): inside the footprint the decoded face,
+      outside it the photo, the residual change in between. ``redraw`` sets ``r``: a number
+      ``g`` means ``r = g * w`` (1, the default: the decoded face where ``w`` is 1; 0: the
+      change alone, over the photo's own detail); an (S, S) map is ``r`` itself
+      (:func:`redraw_weight` for an expression of several vectors).
     """
     if blend == "local":
         if weight is None:
             raise ValueError("the local blend needs the edit's footprint weight")
         w = weight.to(x.device)
-        out = x + w * ((d1 - d0) + w * (d0 - x))
+        r = redraw.to(x.device) if isinstance(redraw, torch.Tensor) else float(redraw) * w
+        out = x + w * ((d1 - d0) + r * (d0 - x))
     elif blend == "residual":
         m = 1.0 if mask is None else mask.to(x.device)
         out = x + m * (d1 - d0)
@@ -223,27 +252,41 @@ class EditProbe:
         return float(hit.float().mean()) if hit.numel() else float("nan")
 
     @torch.inference_mode()
-    def at(self, step: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, Any]:
+    def at(
+        self, step: torch.Tensor, weight: torch.Tensor | None = None, redraw: float = 1.0
+    ) -> dict[str, Any]:
         """Success, leakage (mean flip rate over ``others``, and per other), SSIM to the
-        unedited faces of the edit ``z + step``."""
+        unedited faces of the edit ``z + step`` (``redraw``: :func:`crop_edit`'s)."""
+        return self.redraws(step, weight, (redraw,))[0]
+
+    @torch.inference_mode()
+    def redraws(
+        self, step: torch.Tensor, weight: torch.Tensor | None, redraws: Sequence[float]
+    ) -> list[dict[str, Any]]:
+        """:meth:`at` for each of ``redraws``, decoding the step once."""
         from conceptvae.evaluate import ssim
 
-        verdicts, sims = [], []
+        verdicts: list[list[torch.Tensor]] = [[] for _ in redraws]
+        sims: list[list[torch.Tensor]] = [[] for _ in redraws]
         for k in range(0, self.z.shape[0], self.batch_size):
             sl = slice(k, k + self.batch_size)
             d1 = _decode(self.vae, self.z[sl] + step[None]).cpu()
-            img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
-                            mask=self.mask)  # fmt: skip
-            verdicts.append(self.judge.decide(img).cpu())
-            sims.append(ssim(img, self.faces[sl]).cpu())
-        v = torch.cat(verdicts)
-        flips = (v[:, self.others] != self.before[:, self.others]).float().mean(0)
-        return {
-            "success": self._success(v),
-            "leakage": float(flips.mean()) if flips.numel() else 0.0,
-            "flips": flips.tolist(),
-            "ssim": float(torch.cat(sims).mean()),
-        }
+            for j, g in enumerate(redraws):
+                img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
+                                mask=self.mask, redraw=g)  # fmt: skip
+                verdicts[j].append(self.judge.decide(img).cpu())
+                sims[j].append(ssim(img, self.faces[sl]).cpu())
+        out = []
+        for vs, ss in zip(verdicts, sims):
+            v = torch.cat(vs)
+            flips = (v[:, self.others] != self.before[:, self.others]).float().mean(0)
+            out.append({
+                "success": self._success(v),
+                "leakage": float(flips.mean()) if flips.numel() else 0.0,
+                "flips": flips.tolist(),
+                "ssim": float(torch.cat(ss).mean()),
+            })  # fmt: skip
+        return out
 
 
 def independent_columns(
@@ -274,6 +317,32 @@ def _walk(probe: EditProbe, vector: torch.Tensor, sign: float, weight, target: f
         if len(curve["success"]) >= 2 and min(curve["success"][-2:]) >= target:
             break
     return curve
+
+
+def _choose_redraw(probe: EditProbe, step: torch.Tensor, weight, target: float) -> dict:
+    """The least redraw of ``REDRAW_GRID`` (else 1) whose edit at ``step`` (strength 1)
+    succeeds as often as the full redraw does, up to ``target``; success, leakage and SSIM at
+    strength 1 then are the chosen redraw's, measured on the probe's faces, and
+    ``redraw_curve`` holds every redraw measured."""
+    full = probe.at(step, weight, 1.0)
+    need = min(target, full["success"])
+    chosen, res = 1.0, full
+    curve = {"redraw": [1.0], "success": [full["success"]], "leakage": [full["leakage"]]}
+    for g in REDRAW_GRID:
+        r = probe.at(step, weight, g)
+        curve["redraw"].append(g)
+        curve["success"].append(r["success"])
+        curve["leakage"].append(r["leakage"])
+        if r["success"] >= need:
+            chosen, res = g, r
+            break
+    return {
+        "redraw": chosen,
+        "success_at_1": res["success"],
+        "leakage_at_1": res["leakage"],
+        "ssim_at_1": res["ssim"],
+        "redraw_curve": curve,
+    }
 
 
 def _summary(curve: dict[str, list[float]], baseline: float, unit: float, target: float):
@@ -369,7 +438,7 @@ def calibrate(
                     mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
                 others = independent_columns(judge, names, train_labels, name, judged)
                 col = judge.names.index(name)
-                curves, baselines = {}, {}
+                curves, baselines, probes, signs = {}, {}, {}, {}
                 for direction, label, sign in (("add", 0, 1.0), ("remove", 1, -1.0)):
                     rows = np.flatnonzero(held_labels[:, t] == label)
                     rows = np.sort(rng.permutation(rows)[:n_faces])
@@ -381,6 +450,7 @@ def calibrate(
                     )  # fmt: skip
                     curves[direction] = _walk(probe, v, sign, weight, target)
                     baselines[direction] = probe.baseline
+                    probes[direction], signs[direction] = probe, sign
                 units = {}
                 for d, c in curves.items():
                     s = strength_for(c["strength"], c["success"], baselines[d], target)
@@ -395,6 +465,10 @@ def calibrate(
                     record[d]["n_faces"] = int(
                         min(n_faces, int((held_labels[:, t] == (d == "remove")).sum()))
                     )
+                    if blend == "local":
+                        record[d].update(
+                            _choose_redraw(probes[d], signs[d] * units[d] * v, weight, target)
+                        )
             scaled = (np.asarray(raw, dtype=np.float64) * record["unit"]).astype(np.float32)
             out["vectors"][name] = scaled
             out["removal_scale"][name] = float(removal)
@@ -405,6 +479,63 @@ def calibrate(
             out["calibration"][name] = record
             bar.update(1)
     return out
+
+
+def choose_redraws(
+    vae: Any,
+    judge: Any,
+    cal: dict[str, Any],
+    *,
+    faces: Any,
+    held_idx: np.ndarray,
+    held_z: np.ndarray,
+    held_labels: np.ndarray,
+    names: Sequence[str],
+    train_labels: np.ndarray,
+    n_train: int,
+    n_faces: int = 200,
+    min_accuracy: float = 0.90,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The redraw step of :func:`calibrate` for vectors calibrated before it existed: ``cal``
+    holds the calibrated ``vectors``, ``removal_scale``, ``footprints`` and ``calibration``
+    records (a bank's); each judged vector's directions get the least redraw that reaches
+    what the full redraw does at strength +/-1 on the same held-out faces :func:`calibrate`
+    drew (``seed``, ``n_faces``, ``n_train``: the train split's size). Strengths and vectors
+    are unchanged; returns the updated records."""
+    from tqdm.auto import tqdm
+
+    names = list(names)
+    judged = [n for n in judge.judged(min_accuracy) if n in names]
+    rng = np.random.default_rng([seed, 3])
+    rng.permutation(n_train)  # the footprint faces calibrate drew first
+    records = {k: dict(v) for k, v in cal["calibration"].items()}
+    todo = [n for n in cal["vectors"] if n in judged]
+    for name in tqdm(todo, desc="redraw", unit="vector", disable=not progress, leave=False):
+        t = names.index(name)
+        v = torch.as_tensor(np.array(cal["vectors"][name], dtype=np.float32))
+        weight = footprint_weight(cal["footprints"][name])
+        others = independent_columns(judge, names, train_labels, name, judged)
+        col = judge.names.index(name)
+        for direction, label, sign in (
+            ("add", 0, 1.0),
+            ("remove", 1, -float(cal["removal_scale"].get(name, 1.0))),
+        ):
+            rows = np.flatnonzero(held_labels[:, t] == label)
+            rows = np.sort(rng.permutation(rows)[:n_faces])
+            if rows.size == 0 or not records[name].get(direction):
+                continue
+            probe = EditProbe(
+                vae, judge, faces(held_idx[rows]), torch.from_numpy(held_z[rows]).float(),
+                target=col, others=others, adding=label == 0, blend="local",
+            )  # fmt: skip
+            target = float(records[name].get("target", CALIBRATION_TARGET))
+            records[name][direction] = {
+                **records[name][direction],
+                **_choose_redraw(probe, sign * v, weight, target),
+            }
+    return records
 
 
 def problems(record: dict[str, Any]) -> list[str]:
@@ -554,6 +685,7 @@ def measure_edits(
     blends: Sequence[str] = BLENDS,
     n_faces: int = 200,
     seed: int = 0,
+    move: Any = None,
 ) -> dict[str, Any]:
     """Success, leakage and SSIM of the calibrated vector of ``attribute`` (``cal`` from
     :func:`calibrate`) at strength +1 (faces without it) and -1 (faces with it), per blend,
@@ -590,9 +722,8 @@ def measure_edits(
         x = faces(idx[rows])
         z0 = torch.from_numpy(z[rows]).float()
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
-        d1 = torch.cat(
-            [_decode(vae, z0[k : k + 256] + step[None]).cpu() for k in range(0, rows.size, 256)]
-        )
+        z1 = z0 + step[None] if move is None else move(z0, step, attribute)
+        d1 = torch.cat([_decode(vae, z1[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
         before = judge.decide(x).cpu()
         implied_by = implied(train_labels, names, attribute, other_names, 1 - label)
         reasons = leakage_reasons(judge, other_names, hidden, implied_by)
@@ -605,7 +736,11 @@ def measure_edits(
         res: dict[str, Any] = {"n": int(rows.size), "reasons": reasons, "implied": implied_by}
         # the null edit: the local blend with no step, i.e. the reconstruction inside the
         # footprint; its flips are the model's redrawing, not the vector's doing
-        null = judge.decide(crop_edit(x, d0, d0, "local", weight=weight, mask=mask)).cpu()
+        # the local blend redraws as much as calibration chose for this vector and direction
+        redraw = res["redraw"] = redraw_of(cal.get("calibration", {}), attribute, direction)
+        null = judge.decide(
+            crop_edit(x, d0, d0, "local", weight=weight, mask=mask, redraw=redraw)
+        ).cpu()
         null_flips = (null != before).float().mean(0)
         res["null"] = {
             "leakage_free": float(null_flips[free].mean()) if free else 0.0,
@@ -615,7 +750,7 @@ def measure_edits(
             o = judge.names[c]
             detail[o] = detail.get(o, "") + f", {float(null_flips[c]):.0%} with no step"
         for blend in blends:
-            img = crop_edit(x, d0, d1, blend, weight=weight, mask=mask)
+            img = crop_edit(x, d0, d1, blend, weight=weight, mask=mask, redraw=redraw)
             after = judge.decide(img).cpu()
             hit = after[:, col] if label == 0 else ~after[:, col]
             flips = (after != before).float().mean(0)

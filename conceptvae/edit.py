@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from attributes.bank import VectorBank
-from conceptvae.calibration import combined_weight, footprint_weight
+from conceptvae.calibration import combined_weight, footprint_weight, redraw_of, redraw_weight
 from conceptvae.errors import ModelError
 from conceptvae.faces import (
     AlignedFace,
@@ -223,11 +223,27 @@ class EditPipeline:
             return None
         if getattr(self, "_weights_of", None) is not self.bank:  # a new bank: new weights
             self._weights: dict[str, torch.Tensor] = {}
+            self._calibration = self.bank.metadata.get("calibration") or {}
             self._weights_of = self.bank
         for t in terms:
             if t.name not in self._weights:
                 self._weights[t.name] = footprint_weight(fps[t.name])
         return combined_weight([(t.coef * strength, self._weights[t.name]) for t in terms])
+
+    def redraw(self, edit: str, strength: float = 1.0) -> torch.Tensor | None:
+        """(S, S) map of how much of the decoded face the ``local`` blend shows where the
+        edit acts: each vector's direction redraws as much as calibration chose for it
+        (:func:`conceptvae.calibration.redraw_weight`). None: all of it, as banks calibrated
+        before the redraw was chosen do."""
+        if self.footprint(edit, strength) is None:
+            return None
+        terms = self.bank.parse(edit)
+        coefs = [t.coef * strength for t in terms]
+        gs = [redraw_of(self._calibration, t.name, "add" if c >= 0 else "remove")
+              for t, c in zip(terms, coefs)]  # fmt: skip
+        if all(g == 1.0 for g in gs):
+            return None
+        return redraw_weight([(c, g, self._weights[t.name]) for t, c, g in zip(terms, coefs, gs)])
 
     @torch.inference_mode()
     def render(
@@ -236,10 +252,12 @@ class EditPipeline:
         steps: list[torch.Tensor],
         blend: str | None = None,
         weight: torch.Tensor | None = None,
+        redraw: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Apply one latent step per face (``steps[i]`` (D,)) and put the faces back:
         (H, W, 3) uint8. ``weight``: the edit's footprint weight (S, S) (:meth:`footprint`),
-        which the ``local`` blend needs and ``auto`` chooses it by."""
+        which the ``local`` blend needs and ``auto`` chooses it by; ``redraw``: the local
+        blend's redraw map (:meth:`redraw`; None: redraw fully)."""
         blend = blend or self.blend
         _check_blend(blend)
         if blend == "auto":
@@ -255,16 +273,27 @@ class EditPipeline:
                 continue  # strength 0: nothing changes, bit for bit
             new = self.vae.decode((f.z + step)[None]).float().clamp(0, 1)[0].cpu()
             if blend == "local":
-                out = self._local(out, f, new, weight)
+                out = self._local(out, f, new, weight, redraw)
             else:
                 out = self._blend(out, f, new, blend)
         return out
 
-    def _local(self, pixels: np.ndarray, f: FaceLatent, new: torch.Tensor, weight: torch.Tensor):
-        """x + w * ((D(z') - D(z)) + w * (D(z) - x)) in the photo, w the warped footprint
-        weight: :func:`conceptvae.calibration.crop_edit`'s ``local`` blend at full size."""
+    def _local(
+        self,
+        pixels: np.ndarray,
+        f: FaceLatent,
+        new: torch.Tensor,
+        weight: torch.Tensor,
+        redraw: torch.Tensor | None = None,
+    ):
+        """x + w * ((D(z') - D(z)) + r * (D(z) - x)) in the photo, w the warped footprint
+        weight and r the warped redraw map (w itself when None):
+        :func:`conceptvae.calibration.crop_edit`'s ``local`` blend at full size."""
         shape = pixels.shape
         w = warp_mask_to_photo(weight.cpu().numpy().astype(np.float32), f.aligned, shape)
+        r = w
+        if redraw is not None:
+            r = warp_mask_to_photo(redraw.cpu().numpy().astype(np.float32), f.aligned, shape)
         inside = w > 0
         if not inside.any():
             return pixels
@@ -272,7 +301,7 @@ class EditPipeline:
         recon = warp_to_photo(f.recon.permute(1, 2, 0).numpy() * 255.0, f.aligned, shape)
         x = pixels[inside].astype(np.float32)
         wi = w[inside][:, None]
-        value = x + wi * (delta[inside] + wi * (recon[inside] - x))
+        value = x + wi * (delta[inside] + r[inside][:, None] * (recon[inside] - x))
         out = pixels.copy()
         out[inside] = np.clip(np.rint(value), 0, 255).astype(np.uint8)
         return out
@@ -317,7 +346,9 @@ class EditPipeline:
         prepared = self._prepared(photo, face, align, refine)
         step = self.direction(edit, float(strength))
         weight = self.footprint(edit, float(strength))
-        return Image.fromarray(self.render(prepared, [step] * len(prepared.faces), blend, weight))
+        redraw = self.redraw(edit, float(strength))
+        steps = [step] * len(prepared.faces)
+        return Image.fromarray(self.render(prepared, steps, blend, weight, redraw))
 
     def sweep(
         self,
@@ -340,6 +371,7 @@ class EditPipeline:
                     [self.direction(edit, float(s))] * n,
                     blend,
                     self.footprint(edit, float(s)),
+                    self.redraw(edit, float(s)),
                 )
             )
             for s in strengths

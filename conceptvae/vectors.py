@@ -24,7 +24,7 @@ from attributes.errors import VectorError
 from attributes.estimators import AttributeVectors, _resolve, mean_difference
 from attributes.report import Report, quality_report
 from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text, json_safe
-from conceptvae.calibration import calibrate
+from conceptvae.calibration import calibrate, choose_redraws
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
@@ -415,6 +415,44 @@ def _calibrated(
     return VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
 
 
+def with_redraws(
+    vae: ConceptVAE,
+    bank: VectorBank,
+    judge: Any,
+    cache: PreparedCache,
+    run: str | os.PathLike | None = None,
+    *,
+    n_faces: int = 200,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> VectorBank:
+    """``bank`` with each calibrated vector's redraw chosen on the held-out split
+    (:func:`conceptvae.calibration.choose_redraws`), for banks calibrated before it was:
+    vectors, strengths and footprints stay as they are."""
+    names = list(cache.attr_names)
+    held = _heldout_split(cache)
+    if held is None:
+        raise DataError(f"{cache.path} has no valid or test split to choose redraws on")
+    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
+    h_idx, h_z = split_latents(vae, cache, held, run, **common)
+    meta = bank.metadata
+    cal = {
+        "vectors": {n: bank[n] for n in bank.names},
+        "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
+        "footprints": bank.footprints,
+        "calibration": meta.get("calibration", {}),
+    }
+    meta["calibration"] = json_safe(
+        choose_redraws(
+            vae, judge, cal, faces=cache.batch, held_idx=h_idx, held_z=h_z,
+            held_labels=np.asarray(cache.labels[h_idx]), names=names,
+            train_labels=np.asarray(cache.labels[cache.split("train")]),
+            n_train=int(cache.split("train").size), n_faces=n_faces, progress=progress,
+        )
+    )  # fmt: skip
+    return VectorBank(cal["vectors"], metadata=meta, footprints=bank.footprints)
+
+
 class _BlindJudge:
     """Stands in for a judge when there is none: it sees no attribute."""
 
@@ -521,10 +559,20 @@ def describe_bank(bank: VectorBank) -> str:
     return "\n".join(lines)
 
 
+def _redraws(record: dict[str, Any]) -> str:
+    """``"0.25/1"``: the redraw chosen adding / removing (``-`` where none was chosen)."""
+    out = []
+    for d in ("add", "remove"):
+        g = (record.get(d) or {}).get("redraw")
+        out.append("-" if g is None else f"{g:g}")
+    return "/".join(out)
+
+
 def describe_calibration(bank: VectorBank) -> str:
     """What strength 1 does for each vector of ``bank``: its scale (judge-calibrated or
     latent), and adding / removing at +1 / -1 on held-out faces: success, leakage, the
-    strengths reaching 90% and 95%; the share of the face its footprint covers."""
+    strengths reaching 90% and 95%; the share of the face its footprint covers and how much of
+    the decoded face the local blend redraws there, adding / removing."""
     cal: dict[str, Any] = bank.metadata.get("calibration", {})
     if not cal:
         return "no calibration recorded: strengths are on the scale the vectors were fitted on"
@@ -532,7 +580,7 @@ def describe_calibration(bank: VectorBank) -> str:
         "strength 1 is recommended for every vector (`--edit NAME` with no number); on the judge "
         "scale +1 adds it to 98% of held-out faces and -1 removes it",
         f"{'name':<20} {'scale':<6} {'add: success':>12} {'leak':>6} {'90%':>5} {'95%':>5}  "
-        f"{'remove: success':>15} {'leak':>6} {'90%':>5} {'95%':>5} {'area':>5}",
+        f"{'remove: success':>15} {'leak':>6} {'90%':>5} {'95%':>5} {'area':>5} {'redraw':>9}",
     ]
 
     def f(x: Any, spec: str) -> str:
@@ -554,7 +602,7 @@ def describe_calibration(bank: VectorBank) -> str:
         lines.append(
             f"{name:<20} {c.get('scale', '?'):<6} {cells[0]:>12} {cells[1]:>6} {cells[2]:>5} "
             f"{cells[3]:>5}  {cells[4]:>15} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} "
-            f"{f(c.get('footprint_area'), '.0%'):>5}"
+            f"{f(c.get('footprint_area'), '.0%'):>5} {_redraws(c):>9}"
         )
     latent = [n for n in bank.names if cal.get(n, {}).get("scale") == "latent"]
     if latent:

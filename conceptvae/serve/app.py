@@ -508,6 +508,7 @@ class EditorService:
         step = torch.from_numpy(self.bank.vector(terms)).to(self.pipe.vae.device)
         with self._footprint_lock:
             weight = self.pipe.footprint(text)
+            redraw = self.pipe.redraw(text)
         f = faces[face]
         sy, sx = base.shape[0] / entry.pixels.shape[0], base.shape[1] / entry.pixels.shape[1]
         x0, y0, x1, y1 = _region(_view(f.aligned, sx, sy), base.shape)
@@ -517,7 +518,7 @@ class EditorService:
         local = FaceLatent(_view(f.aligned, sx, sy, x0, y0), f.z, f.recon, f.psnr)
         part = PreparedPhoto(entry.photo, base[y0:y1, x0:x1], [local])
         with self._slots:
-            out[y0:y1, x0:x1] = self.pipe.render(part, [step], blend, weight)
+            out[y0:y1, x0:x1] = self.pipe.render(part, [step], blend, weight, redraw)
         return out
 
     def encode(
