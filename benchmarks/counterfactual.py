@@ -12,7 +12,7 @@ with one flag flipped (``synth.with_attribute``). For every attribute the judge 
 the renderer draws, on up to --n-faces test faces per direction, this script renders the face
 and its counterfactual exactly as ``conceptvae prepare`` stores them (JPEG quality 90, centred
 crop, area resize), edits the face with the bank's calibrated vector at +1 / -1 and the local
-blend, and reports:
+blend (redrawing as much as the bank chose for that edit), and reports:
 
 - success of the edit and of the counterfactual (the judge's own success on perfect edits);
 - leakage of the edit and of the counterfactual: the mean flip rate of the independent judged
@@ -23,11 +23,13 @@ blend, and reports:
 - the model's floor (with --truth-faces, on by default): the *decoded* true edit, each test
   face edited to its counterfactual's own posterior mean (decode(encode(truth)) in place of
   decode(z + step), the same local blend): what the model draws when it is handed the perfect
-  latent edit, face by face. When that leaks as much as the vector, the leakage is the
-  model's (its 64 px decoder redraws more than the attribute), not the vector's;
+  latent edit, face by face (with the bank's redraw for the pair). When that leaks as much as
+  the vector, the leakage is the model's (its 64 px decoder redraws more than the attribute),
+  not the vector's;
 - the truth direction: one vector for all faces, the mean latent change from face to
   counterfactual over --truth-faces *train* faces (added and removed), calibrated on the
-  valid split like the bank's vectors: what the best single direction could do, so a vector
+  valid split like the bank's vectors (its redraw chosen the same way): what the best single
+  direction could do, so a vector
   far above it leaks because of its estimate, not because no direction is clean.
 
 Prints a table and writes benchmarks/results/counterfactual.json (or --out).
@@ -111,10 +113,11 @@ def truth_direction(
     crop, rng,
 ):  # fmt: skip
     """:func:`true_change` over ``args.truth_faces`` faces, calibrated on the valid split like
-    a bank's vector: ``(vector, removal scale, footprint weight)``, torch tensors."""
+    a bank's vector: ``(vector, removal scale, footprint weight, redraws)``, ``redraws`` the
+    local blend's redraw chosen for it per direction."""
     import torch
 
-    from conceptvae.calibration import calibrate, footprint_weight
+    from conceptvae.calibration import calibrate, footprint_weight, redraw_of
 
     u = true_change(vae, a, names, train_idx, z_train, y_train, args, args.truth_faces, crop, rng)
     cal = calibrate(
@@ -126,6 +129,7 @@ def truth_direction(
         torch.as_tensor(np.asarray(cal["vectors"][a], np.float32)),
         float(cal["removal_scale"][a]),
         footprint_weight(cal["footprints"][a]),
+        {d: redraw_of(cal["calibration"], a, d) for d in ("add", "remove")},
     )
 
 
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from common import open_run
 
-    from conceptvae.calibration import crop_edit, footprint_weight, independent_columns
+    from conceptvae.calibration import crop_edit, footprint_weight, independent_columns, redraw_of
     from conceptvae.data import Frame
     from conceptvae.data.synth import RENDERED_ATTRIBUTES, sample_params, with_attribute
     from conceptvae.faces import face_mask
@@ -213,17 +217,23 @@ def main(argv: list[str] | None = None) -> None:
                 step = v if label == 0 else -bank.removal_scale(a) * v
                 d0 = vae.decode(z).float().clamp(0, 1).cpu()
                 d1 = vae.decode(z + step.to(z.device)[None]).float().clamp(0, 1).cpu()
-                edit = crop_edit(x, d0, d1, "local", weight=weight, mask=mask)
+                # the bank's own redraw for this edit; the model's true edit gets the same
+                g = redraw_of(bank.metadata.get("calibration", {}), a, direction)
+                edit = crop_edit(x, d0, d1, "local", weight=weight, mask=mask, redraw=g)
                 before, after, truth = (judge.decide(im).cpu() for im in (x, edit, x_cf))
                 extra = {}
                 if a in truth_of:
-                    u, u_scale, u_weight = truth_of[a]
+                    u, u_scale, u_weight, u_redraw = truth_of[a]
                     z_cf = vae.encode(x_cf.to(vae.device)).mean.float()
                     d_cf = vae.decode(z_cf).float().clamp(0, 1).cpu()
-                    decoded = judge.decide(crop_edit(x, d0, d_cf, "local", weight=u_weight)).cpu()
+                    decoded = judge.decide(
+                        crop_edit(x, d0, d_cf, "local", weight=u_weight, redraw=g)
+                    ).cpu()
                     u_step = u if label == 0 else -u_scale * u
                     d_u = vae.decode(z + u_step.to(z.device)[None]).float().clamp(0, 1).cpu()
-                    along = judge.decide(crop_edit(x, d0, d_u, "local", weight=u_weight)).cpu()
+                    along = judge.decide(
+                        crop_edit(x, d0, d_u, "local", weight=u_weight, redraw=u_redraw[direction])
+                    ).cpu()
                     extra = {
                         "success_decoded_truth": _success(decoded, col, label),
                         "leakage_decoded_truth": _rate(decoded, before, others),
