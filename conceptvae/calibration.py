@@ -465,15 +465,20 @@ def calibrate(
                     record[d]["n_faces"] = int(
                         min(n_faces, int((held_labels[:, t] == (d == "remove")).sum()))
                     )
-                    if blend == "local":
-                        record[d].update(
-                            _choose_redraw(probes[d], signs[d] * units[d] * v, weight, target)
-                        )
             scaled = (np.asarray(raw, dtype=np.float64) * record["unit"]).astype(np.float32)
             out["vectors"][name] = scaled
             out["removal_scale"][name] = float(removal)
             fp1 = footprint(vae, foot_z, scaled)
             out["footprints"][name] = fp1
+            if record["scale"] == "judge" and blend == "local":
+                # at strength +/-1, with the footprint edits use (the scaled vector's), the
+                # least redraw that does as well as the full one
+                for d in curves:
+                    record[d].update(
+                        _choose_redraw(
+                            probes[d], signs[d] * units[d] * v, footprint_weight(fp1), target
+                        )
+                    )
             record["footprint_peak"] = float(np.quantile(fp1, 0.99))
             record["footprint_area"] = float((footprint_weight(fp1) > 0.5).float().mean())
             out["calibration"][name] = record
