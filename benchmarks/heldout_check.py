@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from conceptvae.calibration import VERDICTS, measure_edits, occluded, summarize, verdict
     from conceptvae.data.cache import open_cache
     from conceptvae.evaluate import train_judge
-    from conceptvae.vectors import split_latents
+    from conceptvae.vectors import bank_calibration, split_latents
 
     t0 = time.perf_counter()
     floors = {}
@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     test_idx, z_test = split_latents(vae, cache, "test", None, progress=False)
     y_test = np.asarray(cache.labels[test_idx])
     hidden = occluded(judge, cache.batch, vi, y_valid, names, judged)
-    cal = {
-        "vectors": {n: bank[n] for n in bank.names},
-        "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
-        "footprints": bank.footprints,
-        "calibration": bank.metadata.get("calibration", {}),
-    }
+    cal = bank_calibration(bank)
     rows = []
     for a in judged:
         res = measure_edits(

@@ -246,6 +246,17 @@ class EditProbe:
         )
         self.before = judge.decide(faces).cpu()
         self.baseline = self._success(self.before)
+        self._last: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def _decoded(self, step: torch.Tensor) -> list[torch.Tensor]:
+        """D(z + step) per batch; the last step's are kept, so trying several redraws of one
+        step (:func:`_choose_redraw`) decodes it once."""
+        if self._last is None or not torch.equal(self._last[0], step):
+            bs = self.batch_size
+            d1 = [_decode(self.vae, self.z[k : k + bs] + step[None]).cpu()
+                  for k in range(0, self.z.shape[0], bs)]  # fmt: skip
+            self._last = (step.clone(), d1)
+        return self._last[1]
 
     def _success(self, verdicts: torch.Tensor) -> float:
         hit = verdicts[:, self.target] if self.adding else ~verdicts[:, self.target]
@@ -257,36 +268,23 @@ class EditProbe:
     ) -> dict[str, Any]:
         """Success, leakage (mean flip rate over ``others``, and per other), SSIM to the
         unedited faces of the edit ``z + step`` (``redraw``: :func:`crop_edit`'s)."""
-        return self.redraws(step, weight, (redraw,))[0]
-
-    @torch.inference_mode()
-    def redraws(
-        self, step: torch.Tensor, weight: torch.Tensor | None, redraws: Sequence[float]
-    ) -> list[dict[str, Any]]:
-        """:meth:`at` for each of ``redraws``, decoding the step once."""
         from conceptvae.evaluate import ssim
 
-        verdicts: list[list[torch.Tensor]] = [[] for _ in redraws]
-        sims: list[list[torch.Tensor]] = [[] for _ in redraws]
-        for k in range(0, self.z.shape[0], self.batch_size):
+        verdicts, sims = [], []
+        for k, d1 in zip(range(0, self.z.shape[0], self.batch_size), self._decoded(step)):
             sl = slice(k, k + self.batch_size)
-            d1 = _decode(self.vae, self.z[sl] + step[None]).cpu()
-            for j, g in enumerate(redraws):
-                img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
-                                mask=self.mask, redraw=g)  # fmt: skip
-                verdicts[j].append(self.judge.decide(img).cpu())
-                sims[j].append(ssim(img, self.faces[sl]).cpu())
-        out = []
-        for vs, ss in zip(verdicts, sims):
-            v = torch.cat(vs)
-            flips = (v[:, self.others] != self.before[:, self.others]).float().mean(0)
-            out.append({
-                "success": self._success(v),
-                "leakage": float(flips.mean()) if flips.numel() else 0.0,
-                "flips": flips.tolist(),
-                "ssim": float(torch.cat(ss).mean()),
-            })  # fmt: skip
-        return out
+            img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
+                            mask=self.mask, redraw=redraw)  # fmt: skip
+            verdicts.append(self.judge.decide(img).cpu())
+            sims.append(ssim(img, self.faces[sl]).cpu())
+        v = torch.cat(verdicts)
+        flips = (v[:, self.others] != self.before[:, self.others]).float().mean(0)
+        return {
+            "success": self._success(v),
+            "leakage": float(flips.mean()) if flips.numel() else 0.0,
+            "flips": flips.tolist(),
+            "ssim": float(torch.cat(sims).mean()),
+        }
 
 
 def independent_columns(
@@ -304,6 +302,22 @@ def independent_columns(
 
 
 # ----------------------------------------------------------------------------- calibrating
+
+
+def _held_probe(
+    vae: Any, judge: Any, faces: Any, held_idx: np.ndarray, held_z: np.ndarray,
+    held_labels: np.ndarray, t: int, label: int, n_faces: int, rng: np.random.Generator, **kw,
+) -> EditProbe | None:  # fmt: skip
+    """The probe of up to ``n_faces`` held-out faces whose label ``t`` is ``label`` (0: to add
+    it, 1: to remove it), drawn from ``rng`` (which advances even when none qualify, so
+    :func:`choose_redraws` replays :func:`calibrate`'s draws); None when none qualify.
+    ``kw``: :class:`EditProbe`'s ``target``, ``others``, ``blend``, ``mask``."""
+    rows = np.flatnonzero(held_labels[:, t] == label)
+    rows = np.sort(rng.permutation(rows)[:n_faces])
+    if rows.size == 0:
+        return None
+    x = faces(held_idx[rows])
+    return EditProbe(vae, judge, x, torch.from_numpy(held_z[rows]).float(), adding=label == 0, **kw)
 
 
 def _walk(probe: EditProbe, vector: torch.Tensor, sign: float, weight, target: float):
@@ -440,14 +454,12 @@ def calibrate(
                 col = judge.names.index(name)
                 curves, baselines, probes, signs = {}, {}, {}, {}
                 for direction, label, sign in (("add", 0, 1.0), ("remove", 1, -1.0)):
-                    rows = np.flatnonzero(held_labels[:, t] == label)
-                    rows = np.sort(rng.permutation(rows)[:n_faces])
-                    if rows.size == 0:
-                        continue
-                    probe = EditProbe(
-                        vae, judge, faces(held_idx[rows]), torch.from_numpy(held_z[rows]).float(),
-                        target=col, others=others, adding=label == 0, blend=blend, mask=mask,
+                    probe = _held_probe(
+                        vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
+                        target=col, others=others, blend=blend, mask=mask,
                     )  # fmt: skip
+                    if probe is None:
+                        continue
                     curves[direction] = _walk(probe, v, sign, weight, target)
                     baselines[direction] = probe.baseline
                     probes[direction], signs[direction] = probe, sign
@@ -470,17 +482,14 @@ def calibrate(
             out["removal_scale"][name] = float(removal)
             fp1 = footprint(vae, foot_z, scaled)
             out["footprints"][name] = fp1
+            w1 = footprint_weight(fp1)
             if record["scale"] == "judge" and blend == "local":
                 # at strength +/-1, with the footprint edits use (the scaled vector's), the
                 # least redraw that does as well as the full one
                 for d in curves:
-                    record[d].update(
-                        _choose_redraw(
-                            probes[d], signs[d] * units[d] * v, footprint_weight(fp1), target
-                        )
-                    )
+                    record[d].update(_choose_redraw(probes[d], signs[d] * units[d] * v, w1, target))
             record["footprint_peak"] = float(np.quantile(fp1, 0.99))
-            record["footprint_area"] = float((footprint_weight(fp1) > 0.5).float().mean())
+            record["footprint_area"] = float((w1 > 0.5).float().mean())
             out["calibration"][name] = record
             bar.update(1)
     return out
@@ -527,14 +536,12 @@ def choose_redraws(
             ("add", 0, 1.0),
             ("remove", 1, -float(cal["removal_scale"].get(name, 1.0))),
         ):
-            rows = np.flatnonzero(held_labels[:, t] == label)
-            rows = np.sort(rng.permutation(rows)[:n_faces])
-            if rows.size == 0 or not records[name].get(direction):
-                continue
-            probe = EditProbe(
-                vae, judge, faces(held_idx[rows]), torch.from_numpy(held_z[rows]).float(),
-                target=col, others=others, adding=label == 0, blend="local",
+            probe = _held_probe(
+                vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
+                target=col, others=others, blend="local",
             )  # fmt: skip
+            if probe is None or not records[name].get(direction):
+                continue
             target = float(records[name].get("target", CALIBRATION_TARGET))
             records[name][direction] = {
                 **records[name][direction],
@@ -690,7 +697,6 @@ def measure_edits(
     blends: Sequence[str] = BLENDS,
     n_faces: int = 200,
     seed: int = 0,
-    move: Any = None,
 ) -> dict[str, Any]:
     """Success, leakage and SSIM of the calibrated vector of ``attribute`` (``cal`` from
     :func:`calibrate`) at strength +1 (faces without it) and -1 (faces with it), per blend,
@@ -727,8 +733,9 @@ def measure_edits(
         x = faces(idx[rows])
         z0 = torch.from_numpy(z[rows]).float()
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
-        z1 = z0 + step[None] if move is None else move(z0, step, attribute)
-        d1 = torch.cat([_decode(vae, z1[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
+        d1 = torch.cat(
+            [_decode(vae, z0[k : k + 256] + step[None]).cpu() for k in range(0, rows.size, 256)]
+        )
         before = judge.decide(x).cpu()
         implied_by = implied(train_labels, names, attribute, other_names, 1 - label)
         reasons = leakage_reasons(judge, other_names, hidden, implied_by)

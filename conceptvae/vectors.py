@@ -415,6 +415,19 @@ def _calibrated(
     return VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
 
 
+def bank_calibration(bank: VectorBank) -> dict[str, Any]:
+    """A bank as :func:`conceptvae.calibration.calibrate` returns its vectors: ``vectors``,
+    ``removal_scale``, ``footprints`` and the ``calibration`` records (what
+    :func:`~conceptvae.calibration.measure_edits` and
+    :func:`~conceptvae.calibration.choose_redraws` read)."""
+    return {
+        "vectors": {n: bank[n] for n in bank.names},
+        "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
+        "footprints": bank.footprints,
+        "calibration": bank.metadata.get("calibration", {}),
+    }
+
+
 def with_redraws(
     vae: ConceptVAE,
     bank: VectorBank,
@@ -436,12 +449,7 @@ def with_redraws(
     common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
     h_idx, h_z = split_latents(vae, cache, held, run, **common)
     meta = bank.metadata
-    cal = {
-        "vectors": {n: bank[n] for n in bank.names},
-        "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
-        "footprints": bank.footprints,
-        "calibration": meta.get("calibration", {}),
-    }
+    cal = bank_calibration(bank)
     meta["calibration"] = json_safe(
         choose_redraws(
             vae, judge, cal, faces=cache.batch, held_idx=h_idx, held_z=h_z,
