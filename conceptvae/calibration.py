@@ -7,8 +7,9 @@ scale). This module gives every vector one scale:
 
     strength 1 = the attribute is there, clearly: the smallest step at which at least
     ``CALIBRATION_TARGET`` (98%) of held-out faces without it are judged to have it, edited as
-    ``conceptvae edit`` edits them (blend included); strength -1 = it is gone, clearly, from
-    the same share of faces with it.
+    ``conceptvae edit`` edits them (blend included, and with the footprint the edit would
+    have: each step of the walk is measured with its own step's footprint, and removing with
+    strength 1's); strength -1 = it is gone, clearly, from the same share of faces with it.
 
 ``calibrate`` measures this with the attribute judge (:mod:`conceptvae.evaluate`) on the valid
 split, which neither the vectors nor the judge's weights were fitted on, and returns the vectors
@@ -61,14 +62,24 @@ NO_EFFECT = 2.0 / 255  # a footprint whose peak change is below this: the vector
 
 
 @torch.inference_mode()
-def footprint(vae: Any, z: np.ndarray | torch.Tensor, vector: Any, *, batch_size: int = 256):
-    """(S, S) float32: mean |D(z + vector) - D(z)| over the faces ``z`` (N, D) and channels."""
+def footprint(
+    vae: Any,
+    z: np.ndarray | torch.Tensor,
+    vector: Any,
+    *,
+    batch_size: int = 256,
+    base: torch.Tensor | None = None,
+):
+    """(S, S) float32: mean |D(z + vector) - D(z)| over the faces ``z`` (N, D) and channels.
+    ``base``: D(z) when already decoded (on ``vae.device``), to measure several vectors on
+    the same faces without decoding them again."""
     z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
     v = torch.as_tensor(np.asarray(vector), dtype=torch.float32).to(vae.device)
     total = None
     for k in range(0, z.shape[0], batch_size):
         zb = z[k : k + batch_size].to(vae.device)
-        d = (_decode(vae, zb + v) - _decode(vae, zb)).abs().mean(1).sum(0)  # (S, S)
+        d0 = _decode(vae, zb) if base is None else base[k : k + batch_size]
+        d = (_decode(vae, zb + v) - d0).abs().mean(1).sum(0)  # (S, S)
         total = d if total is None else total + d
     return (total / max(z.shape[0], 1)).cpu().numpy().astype(np.float32)
 
@@ -321,10 +332,12 @@ def _held_probe(
 
 
 def _walk(probe: EditProbe, vector: torch.Tensor, sign: float, weight, target: float):
-    """Success, leakage and SSIM along ``CALIBRATION_GRID`` until the target holds twice."""
+    """Success, leakage and SSIM along ``CALIBRATION_GRID`` until the target holds twice.
+    ``weight``: the local blend's footprint weight (None for the other blends), or a function
+    of the step's strength giving the weight its edit would have."""
     curve: dict[str, list[float]] = {"strength": [], "success": [], "leakage": [], "ssim": []}
     for s in CALIBRATION_GRID:
-        res = probe.at(sign * s * vector, weight)
+        res = probe.at(sign * s * vector, weight(s) if callable(weight) else weight)
         curve["strength"].append(s)
         for key in ("success", "leakage", "ssim"):
             curve[key].append(res[key])
@@ -420,6 +433,12 @@ def calibrate(
     out: dict[str, Any] = {"vectors": {}, "removal_scale": {}, "footprints": {}, "calibration": {}}
     rng = np.random.default_rng([seed, 3])
     foot_z = train_z[np.sort(rng.permutation(train_z.shape[0])[:FOOTPRINT_FACES])]
+    foot_d0 = torch.cat([_decode(vae, torch.as_tensor(foot_z[k : k + 256]).float())
+                         for k in range(0, foot_z.shape[0], 256)])  # fmt: skip
+
+    def footprint_of(vector: Any) -> np.ndarray:
+        return footprint(vae, foot_z, vector, base=foot_d0)
+
     bar = tqdm(total=len(vectors), desc="calibrating", unit="vector", disable=not progress,
                leave=False)  # fmt: skip
     with bar:
@@ -427,7 +446,6 @@ def calibrate(
             v = torch.as_tensor(np.asarray(raw, dtype=np.float32))
             t = names.index(name)
             record: dict[str, Any] = {"target": target, "blend": blend}
-            fp = footprint(vae, foot_z, v)
             if name not in judged:
                 acc = getattr(judge, "accuracy", {}).get(name)
                 unit = latent_scale(train_z, train_labels[:, t], raw)
@@ -442,7 +460,6 @@ def calibrate(
                 )
                 removal = 1.0
             else:
-                weight = footprint_weight(fp) if blend == "local" else None
                 mask = None
                 if blend != "local":
                     from conceptvae.data import Frame
@@ -452,7 +469,13 @@ def calibrate(
                     mask = torch.from_numpy(face_mask(S, Frame(image_size=S, crop=crop)))
                 others = independent_columns(judge, names, train_labels, name, judged)
                 col = judge.names.index(name)
-                curves, baselines, probes, signs = {}, {}, {}, {}
+                curves, baselines, probes, signs, units = {}, {}, {}, {}, {}
+                weight: Any = None  # the other blends use the face mask
+                if blend == "local":
+                    # each step is measured with the footprint its edit would have if it were
+                    # strength 1 (the scaled vector's, which edits use); once adding has fixed
+                    # strength 1, removing is measured with that footprint
+                    weight = lambda s, v=v: footprint_weight(footprint_of(s * v))  # noqa: E731
                 for direction, label, sign in (("add", 0, 1.0), ("remove", 1, -1.0)):
                     probe = _held_probe(
                         vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
@@ -460,15 +483,15 @@ def calibrate(
                     )  # fmt: skip
                     if probe is None:
                         continue
-                    curves[direction] = _walk(probe, v, sign, weight, target)
+                    c = curves[direction] = _walk(probe, v, sign, weight, target)
                     baselines[direction] = probe.baseline
                     probes[direction], signs[direction] = probe, sign
-                units = {}
-                for d, c in curves.items():
-                    s = strength_for(c["strength"], c["success"], baselines[d], target)
+                    s = strength_for(c["strength"], c["success"], probe.baseline, target)
                     if s is None:  # never reached: the strength of the best success measured
                         s = c["strength"][int(np.argmax(c["success"]))]
-                    units[d] = max(s, 1e-3)
+                    units[direction] = max(s, 1e-3)
+                    if direction == "add" and blend == "local":
+                        weight = footprint_weight(footprint_of(units["add"] * v))
                 unit = units.get("add", units.get("remove", 1.0))
                 removal = units.get("remove", unit) / unit
                 record.update(scale="judge", unit=unit, judge_accuracy=judge.accuracy.get(name))
@@ -480,7 +503,7 @@ def calibrate(
             scaled = (np.asarray(raw, dtype=np.float64) * record["unit"]).astype(np.float32)
             out["vectors"][name] = scaled
             out["removal_scale"][name] = float(removal)
-            fp1 = footprint(vae, foot_z, scaled)
+            fp1 = footprint_of(scaled)
             out["footprints"][name] = fp1
             w1 = footprint_weight(fp1)
             if record["scale"] == "judge" and blend == "local":

@@ -198,6 +198,54 @@ def test_an_attribute_the_judge_cannot_see_gets_the_latent_scale(calibrated):
     assert len(found) == 1 and "changes almost nothing" in found[0]
 
 
+PLATE = (slice(9, 15), slice(2, 8))  # SaturatingVAE paints this one from z0, and saturates
+
+
+class SaturatingVAE(LinearVAE):
+    """LinearVAE plus PLATE at 0.5 + 2 (clamp(z0, -1, -0.9) + 0.95): on the train faces
+    (z0 = +-1) a step a along z0 changes PLATE by min(a, 0.1) on average and BRIGHT by 0.1 a.
+    Small steps' footprints peak on PLATE, so BRIGHT, where the judge looks, is only partly
+    inside them; from a = 0.5 on it is fully inside."""
+
+    def decode(self, z):
+        img = super().decode(z)
+        plate = 0.5 + 2 * (z[:, 0].float().clamp(-1, -0.9) + 0.95)
+        img[:, :, PLATE[0], PLATE[1]] = plate[:, None, None, None]
+        return img
+
+
+def test_each_step_is_walked_with_the_footprint_its_edit_would_have():
+    # the fitted vector is a quarter of the step that works: its own footprint (a = 0.25)
+    # weights BRIGHT's core by 0.5, which would halve every step and double strength 1
+    vae = SaturatingVAE()
+    train_z, train_y = train_cells()
+    held_z, held_y = planted_heldout()
+    raw = np.array([0.25, 0, 0, 0])
+    w_raw = footprint_weight(footprint(vae, train_z, raw))
+    assert w_raw[BRIGHT_CORE].numpy() == pytest.approx(0.5)
+    cal = calibrate(
+        vae, FakeJudge(), {"Bright": raw},
+        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
+        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
+        train_z=train_z, train_labels=train_y, target=0.97, progress=False,
+    )  # fmt: skip
+    rec = cal["calibration"]["Bright"]
+    # edited with the footprint of the step itself, a step a adds Bright to the faces with
+    # |z0| < a once a >= 0.5: 75% at a = 0.75 (raw 3), 100% at 1.0 (raw 4), so 97% at raw 3.88
+    # (a = 0.97), as on the linear model; the raw footprint would have said 7.76
+    assert rec["unit"] == pytest.approx(3.88, abs=1e-6)
+    # and strength 1's footprint (a = 0.97) covers BRIGHT's core fully: the edit as made adds
+    # Bright to 97% of the faces
+    w1 = footprint_weight(cal["footprints"]["Bright"])
+    assert (w1[BRIGHT_CORE] == 1).all()
+    assert rec["add"]["success_at_1"] == pytest.approx(0.97)
+    # removing is walked with strength 1's footprint: the 97th smallest z0 is 1.925, and the
+    # grid (raw 6.5: 82%, raw 8: 100%) interpolates to raw 7.75, a latent step of 1.94
+    removing = rec["unit"] * cal["removal_scale"]["Bright"] * 0.25
+    assert removing == pytest.approx(1.9375, abs=1e-6)
+    assert rec["remove"]["success_at_1"] == pytest.approx(0.97)
+
+
 def test_an_attribute_never_reached_is_reported_with_its_best_strength():
     record = {
         "scale": "judge", "target": 0.97, "footprint_peak": 0.2,
