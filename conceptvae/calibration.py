@@ -392,6 +392,11 @@ def _summary(curve: dict[str, list[float]], baseline: float, unit: float, target
     return out
 
 
+def _scaled(raw: Any, unit: float) -> np.ndarray:
+    """The vector at strength 1, as the bank stores it: ``raw * unit`` in float32."""
+    return (np.asarray(raw, dtype=np.float64) * unit).astype(np.float32)
+
+
 def calibrate(
     vae: Any,
     judge: Any,
@@ -446,6 +451,7 @@ def calibrate(
             v = torch.as_tensor(np.asarray(raw, dtype=np.float32))
             t = names.index(name)
             record: dict[str, Any] = {"target": target, "blend": blend}
+            fp1 = None  # strength 1's footprint, once known
             if name not in judged:
                 acc = getattr(judge, "accuracy", {}).get(name)
                 unit = latent_scale(train_z, train_labels[:, t], raw)
@@ -491,7 +497,8 @@ def calibrate(
                         s = c["strength"][int(np.argmax(c["success"]))]
                     units[direction] = max(s, 1e-3)
                     if direction == "add" and blend == "local":
-                        weight = footprint_weight(footprint_of(units["add"] * v))
+                        fp1 = footprint_of(_scaled(raw, units["add"]))
+                        weight = footprint_weight(fp1)
                 unit = units.get("add", units.get("remove", 1.0))
                 removal = units.get("remove", unit) / unit
                 record.update(scale="judge", unit=unit, judge_accuracy=judge.accuracy.get(name))
@@ -500,10 +507,11 @@ def calibrate(
                     record[d]["n_faces"] = int(
                         min(n_faces, int((held_labels[:, t] == (d == "remove")).sum()))
                     )
-            scaled = (np.asarray(raw, dtype=np.float64) * record["unit"]).astype(np.float32)
+            scaled = _scaled(raw, record["unit"])
             out["vectors"][name] = scaled
             out["removal_scale"][name] = float(removal)
-            fp1 = footprint_of(scaled)
+            if fp1 is None:  # adding did not fix strength 1 (no faces without it, or no judge)
+                fp1 = footprint_of(scaled)
             out["footprints"][name] = fp1
             w1 = footprint_weight(fp1)
             if record["scale"] == "judge" and blend == "local":
