@@ -20,6 +20,7 @@ from conceptvae.calibration import (
     CALIBRATION_TARGET,
     LATENT_SCALE,
     EditProbe,
+    best_strength,
     calibrate,
     combined_weight,
     crop_edit,
@@ -258,6 +259,39 @@ def test_an_attribute_never_reached_is_reported_with_its_best_strength():
     record["add"]["curve"]["success"] = [0.5, 0.975]
     record["target"] = 0.98
     assert "reaches only 97.5% of faces (target 98%)" in problems(record)[0]
+
+
+def test_a_vector_that_never_reaches_the_target_takes_the_least_step_near_its_best():
+    # 90 faces without Bright turn by a step of 0.9, one more only at 7.5 (grid 8), 9 never:
+    # success 90% from step 1 to 6.5 and 91% at 8. The best success's step (8) would push every
+    # face 8 times as far for one face more; the least step within 2 points of it (89%) is
+    # interpolated between 0.75 (75%) and 1.0 (90%): 0.75 + 0.25 * 14 / 15
+    vae = LinearVAE()
+    train_z, train_y = train_cells()
+    held_z, held_y = planted_heldout()
+    held_z[:100, 0] = np.concatenate([-(np.arange(90) + 0.5) / 100, [-7.5], np.full(9, -100.0)])
+    cal = calibrate(
+        vae, FakeJudge(), {"Bright": np.array([1.0, 0, 0, 0])},
+        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
+        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
+        train_z=train_z, train_labels=train_y, target=0.97, progress=False,
+    )  # fmt: skip
+    rec = cal["calibration"]["Bright"]
+    assert rec["add"]["curve"]["success"][-1] == pytest.approx(0.91)
+    assert not rec["add"]["reached"] and rec["remove"]["reached"]
+    assert rec["unit"] == pytest.approx(0.75 + 0.25 * 14 / 15, abs=1e-6)
+    # measured at that step (0.98 > 0.9): the 90 near faces turn, as at the best step
+    assert rec["add"]["success_at_1"] == pytest.approx(0.90, abs=1e-6)
+    found = problems(rec)
+    assert len(found) == 1 and "adding it reaches only 91% of faces (target 97%)" in found[0]
+    assert "least step within 2 points" in found[0]
+
+
+def test_best_strength_of_a_curve_that_never_reaches():
+    assert best_strength([1.0, 2.0, 4.0], [0.5, 0.8, 0.81], 0.0) == pytest.approx(1.0 + 29 / 30)
+    assert best_strength([1.0, 2.0], [0.8, 0.6], 0.0) == pytest.approx(0.975)  # a peak, then down
+    # the unedited faces already come within 2 points: the step of the best, not 0
+    assert best_strength([1.0, 2.0], [0.3, 0.31], 0.3) == 2.0
 
 
 def test_strength_for_interpolates_and_says_none_when_never_reached():
