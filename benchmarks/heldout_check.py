@@ -7,15 +7,15 @@
 The model and its bank (calibrated on its own valid split) are used as they are; a judge is
 trained on the held-out set's own train split (its labels, its style), and every attribute it
 judges is added (+1) and removed (-1) on up to --n-faces of the held-out test faces, with the
-local blend, as `conceptvae edit` does: success, leakage, visible leakage, SSIM outside the
-footprint, and leakage over the free attributes only (neither implied by the labels, nor
-hidden by the target, nor weakly judged) with the same for the null edit (no step). With
---floor (a benchmarks/counterfactual.py JSON made with the same judge on the same data), each
-pair also gets its verdict (calibration.verdict): works, at the judge's floor (no more than 1
-point above the true re-rendered edit's leakage), data ties, at the model's floor (no more than
-1 point above what the model's own decoding of the true edit leaks), the true direction leaks as
-much (the true edits' mean direction, calibrated), too weak or vector leaks. Prints a table and
-writes benchmarks/results/heldout_check.json (or --out).
+local blend, as `conceptvae edit` does: success (with its 95% Wilson interval), leakage,
+visible leakage, SSIM outside the footprint, and leakage over the free attributes only (neither
+implied by the labels, nor hidden by the target, nor weakly judged) with the same for the null
+edit (no step). With --floor (a benchmarks/counterfactual.py JSON made with the same judge on
+the same data), each pair also gets its verdict (calibration.verdict): works, at the judge's
+floor (no more than 1 point above the true re-rendered edit's leakage), data ties, at the
+model's floor (no more than 1 point above what the model's own decoding of the true edit
+leaks), the true direction leaks as much (the true edits' mean direction, calibrated), too weak
+or vector leaks. Prints a table and writes benchmarks/results/heldout_check.json (or --out).
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from common import open_run
 
-    from conceptvae.calibration import VERDICTS, measure_edits, occluded, summarize, verdict
+    from conceptvae.calibration import (
+        SUCCESS_GOAL,
+        VERDICTS,
+        measure_edits,
+        occluded,
+        success_interval,
+        summarize,
+        verdict,
+    )
     from conceptvae.data.cache import open_cache
     from conceptvae.evaluate import train_judge
     from conceptvae.vectors import bank_calibration, split_latents
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                     "hidden": hidden.get(a, []),
                 }
             )  # fmt: skip
+            rows[-1]["success_interval"] = success_interval(r["success"], res[d]["n"])
             floor = floors.get((a, d))
             rows[-1]["verdict"], rows[-1]["reason"] = verdict(rows[-1], floor)
             rows[-1]["floor"] = floor
@@ -113,19 +122,24 @@ def main(argv: list[str] | None = None) -> None:
     less = sum(r["redraw"] < 1 for r in rows)
     print(f"mean SSIM to the photo {np.mean([r['ssim'] for r in rows]):.4f}; the local blend "
           f"redraws less than all of the decoded face in {less} of {len(rows)} pairs")  # fmt: skip
+    short = [r for r in rows if r["success"] < SUCCESS_GOAL]
+    near = sum(r["success_interval"][1] >= SUCCESS_GOAL for r in short)
+    print(f"success under {SUCCESS_GOAL:.0%} in {len(short)} pairs; in {near} of them "
+          f"{SUCCESS_GOAL:.0%} is inside the 95% interval of the faces measured")  # fmt: skip
     counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
-    print("| attribute | direction | method | success | leakage | free leakage | free, no step "
-          "| true edit: leakage (/ decoded / direction) | SSIM outside | verdict "
+    print("| attribute | direction | method | success (95% interval) | n | leakage | free leakage "
+          "| free, no step | true edit: leakage (/ decoded / direction) | SSIM outside | verdict "
           "| largest flips (why) |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         fl = "-" if r["floor"] is None else f"{r['floor']['leakage']:.3f}"
         for k in ("decoded", "direction"):
             if r["floor"] is not None and f"{k}_leakage" in r["floor"]:
                 fl += f" / {r['floor'][f'{k}_leakage']:.3f}"
         print(
-            f"| {r['attribute']} | {r['direction']} | {r['method']} | {r['success']:.2f} | "
+            f"| {r['attribute']} | {r['direction']} | {r['method']} | {r['success']:.3f} "
+            f"({r['success_interval'][0]:.3f}-{r['success_interval'][1]:.3f}) | {r['n']} | "
             f"{r['leakage']:.3f} | {r['leakage_free']:.3f} | {r['null_leakage_free']:.3f} | "
             f"{fl} | {r['ssim_outside']:.3f} | {r['verdict']} | "
             f"{'; '.join(r['why']) or '-'} |"

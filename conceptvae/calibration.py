@@ -840,6 +840,17 @@ VERDICTS = (
 )
 
 
+def success_interval(success: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% at ``z`` 1.96) of a success share measured on ``n``
+    faces: how far the true share may be from the one measured, by sampling alone."""
+    if n <= 0:
+        return 0.0, 1.0
+    z2 = z * z / n
+    mid = (success + z2 / 2) / (1 + z2)
+    half = z * math.sqrt(success * (1 - success) / n + z2 / (4 * n)) / (1 + z2)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
 def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple[str, str]:
     """Why a measured edit (a :func:`summarize` row: success, leakage, leakage_free, why) meets
     the goals or not, as ``(kind, reason)``; ``kind`` is one of ``VERDICTS``:
@@ -859,7 +870,8 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
       true edits (their mean latent change, calibrated the same way) leaks as much
       (``floor["direction_leakage"]``): a better estimate of the direction would not help; only
       an edit that is not one step along one direction could;
-    - ``too weak``: success under 95% (with ``floor``, whether the judge sees the true edit);
+    - ``too weak``: success under 95% (with ``floor``, whether the judge sees the true edit;
+      with the row's ``n``, the success's 95% interval from sampling that many faces);
     - ``vector leaks``: the vector itself flips free labels; the reason names the largest and,
       with ``floor``, what the model's true edits leak.
     """
@@ -871,7 +883,10 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
         seen = ""
         if floor is not None:
             seen = f"; the judge finds the true edit on {floor['success']:.0%} of faces"
-        return "too weak", f"success {succ:.0%} < {SUCCESS_GOAL:.0%}{seen}"
+        if row.get("n"):  # how far sampling alone may put the measured share from the truth
+            lo, hi = success_interval(succ, row["n"])
+            seen += f"; 95% interval {lo:.1%}-{hi:.1%} on {row['n']} faces"
+        return "too weak", f"success {succ:.1%} < {SUCCESS_GOAL:.0%}{seen}"
     if floor is not None and leak <= max(LEAKAGE_GOAL, floor["leakage"] + FLOOR_MARGIN):
         return (
             "at the judge's floor",

@@ -171,6 +171,18 @@ def test_summarize_picks_the_method_that_works_and_judges_free_leakage():
     assert rows["add"]["verdict"] == "works" and rem["verdict"] == "data ties"
 
 
+def test_success_interval_is_wilsons():
+    from conceptvae.calibration import success_interval
+
+    # textbook values: 0 of 10 -> (0, 0.2775), 10 of 10 -> (0.7225, 1), 50 of 100 -> 0.5 +- 0.0962
+    assert success_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert success_interval(1.0, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert success_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    lo, hi = success_interval(0.945, 1000)  # five times the faces: about half as wide
+    assert 0.929 < lo < 0.93 and 0.957 < hi < 0.958
+    assert success_interval(0.5, 0) == (0.0, 1.0)
+
+
 def test_verdict_says_why_an_edit_misses_the_goals():
     from conceptvae.calibration import verdict
 
@@ -190,6 +202,9 @@ def test_verdict_says_why_an_edit_misses_the_goals():
     assert kind == "vector leaks" and "Smiling 30%" in reason and "Male" not in reason
     kind, reason = verdict(row(0.80, 0.01, 0.01), {"success": 0.25, "leakage": 0.01})
     assert kind == "too weak" and "true edit on 25%" in reason
+    # measured on n faces: how far sampling alone may put the share (Wilson, 95%)
+    kind, reason = verdict({**row(0.945, 0.01, 0.01), "n": 200})
+    assert kind == "too weak" and "success 94.5% < 95%; 95% interval 90.4%-96.9% on 200" in reason
     # the model's own true edits leak 5.5%: the 6% is the decoder's, not the estimate's
     leaky = row(0.97, 0.06, 0.05, ["Smiling 30% (vector, 1% with no step)"])
     cf = {"success": 0.9, "leakage": 0.01, "decoded_leakage": 0.055, "direction_leakage": 0.02}
