@@ -464,7 +464,7 @@ def calibrate(
                leave=False)  # fmt: skip
     with bar:
         for name, raw in vectors.items():
-            v = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+            v = torch.tensor(np.asarray(raw, dtype=np.float32))  # a copy: banks load read-only
             t = names.index(name)
             record: dict[str, Any] = {"target": target, "blend": blend}
             fp1 = None  # strength 1's footprint, once known

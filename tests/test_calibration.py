@@ -4,6 +4,8 @@ square a latent acts on, the pixels a local edit may touch, and the leakage of a
 attribute that flips on a known share of faces."""
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -245,6 +247,29 @@ def test_each_step_is_walked_with_the_footprint_its_edit_would_have():
     removing = rec["unit"] * cal["removal_scale"]["Bright"] * 0.25
     assert removing == pytest.approx(1.9375, abs=1e-6)
     assert rec["remove"]["success_at_1"] == pytest.approx(0.97)
+
+
+def test_a_read_only_bank_vector_is_calibrated_without_a_torch_warning():
+    # banks load their vectors read-only; torch warns (once per process, so in a fresh one)
+    # when handed one, and `conceptvae vectors` printed that warning to users
+    code = """
+import sys, warnings, numpy as np, torch
+sys.path.insert(0, "tests")
+from test_calibration import FakeJudge, LinearVAE, calibrate, planted_heldout, train_cells
+warnings.simplefilter("error")
+vae = LinearVAE()
+train_z, train_y = train_cells()
+held_z, held_y = planted_heldout()
+raw = np.array([1.0, 0, 0, 0], np.float32)
+raw.setflags(write=False)
+cal = calibrate(vae, FakeJudge(), {"Bright": raw}, held_idx=np.arange(200), held_z=held_z,
+    faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()), held_labels=held_y,
+    names=FakeJudge.names, train_z=train_z, train_labels=train_y, target=0.97, progress=False)
+print(round(cal["calibration"]["Bright"]["unit"], 2))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert r.stdout.strip() == "0.97" and "writable" not in r.stderr
 
 
 def test_an_attribute_never_reached_is_reported_with_its_best_strength():
