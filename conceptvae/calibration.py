@@ -268,6 +268,7 @@ class EditProbe:
         self.faces, self.z = faces, z
         self.target, self.others, self.adding = target, list(others), adding
         self.blend, self.mask, self.batch_size = blend, mask, batch_size
+        self.rows: np.ndarray | None = None  # the held-out rows these faces are, when drawn
         self.d0 = torch.cat(
             [_decode(vae, z[k : k + batch_size]).cpu() for k in range(0, z.shape[0], batch_size)]
         )
@@ -333,18 +334,27 @@ def independent_columns(
 
 def _held_probe(
     vae: Any, judge: Any, faces: Any, held_idx: np.ndarray, held_z: np.ndarray,
-    held_labels: np.ndarray, t: int, label: int, n_faces: int, rng: np.random.Generator, **kw,
+    held_labels: np.ndarray, t: int, label: int, n_faces: int, rng: np.random.Generator,
+    avoid: np.ndarray | None = None, **kw,
 ) -> EditProbe | None:  # fmt: skip
     """The probe of up to ``n_faces`` held-out faces whose label ``t`` is ``label`` (0: to add
     it, 1: to remove it), drawn from ``rng`` (which advances even when none qualify, so
-    :func:`choose_redraws` replays :func:`calibrate`'s draws); None when none qualify.
-    ``kw``: :class:`EditProbe`'s ``target``, ``others``, ``blend``, ``mask``."""
-    rows = np.flatnonzero(held_labels[:, t] == label)
-    rows = np.sort(rng.permutation(rows)[:n_faces])
+    :func:`choose_redraws` replays :func:`calibrate`'s draws); None when none qualify. Rows in
+    ``avoid`` are drawn last, only where too few others qualify. The probe's ``rows`` are the
+    rows of ``held_idx`` it edits. ``kw``: :class:`EditProbe`'s ``target``, ``others``,
+    ``blend``, ``mask``."""
+    rows = rng.permutation(np.flatnonzero(held_labels[:, t] == label))
+    if avoid is not None and avoid.size:
+        used = np.isin(rows, avoid)
+        rows = np.concatenate([rows[~used], rows[used]])
+    rows = np.sort(rows[:n_faces])
     if rows.size == 0:
         return None
     x = faces(held_idx[rows])
-    return EditProbe(vae, judge, x, torch.from_numpy(held_z[rows]).float(), adding=label == 0, **kw)
+    z = torch.from_numpy(held_z[rows]).float()
+    probe = EditProbe(vae, judge, x, z, adding=label == 0, **kw)
+    probe.rows = rows
+    return probe
 
 
 def _walk(probe: EditProbe, vector: torch.Tensor, sign: float, weight, target: float):
@@ -430,6 +440,7 @@ def calibrate(
     target: float = CALIBRATION_TARGET,
     min_accuracy: float = 0.90,
     seed: int = 0,
+    avoid: dict[str, dict[str, np.ndarray]] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Put every vector on the calibrated scale.
@@ -440,8 +451,13 @@ def calibrate(
     footprints, correlations and the uncalibrated scale. Up to ``n_faces`` held-out faces
     without (with) each attribute are edited to add (remove) it with ``blend``.
 
+    ``avoid``: name -> direction -> held-out rows to draw only where too few others qualify
+    (another calibration's ``probe_rows``, so that a vector chosen on those faces is measured
+    on others).
+
     Returns ``{"vectors": name -> scaled (D,) float32, "removal_scale": name -> float,
-    "footprints": name -> (S, S), "calibration": name -> record}``. A record says ``scale``
+    "footprints": name -> (S, S), "calibration": name -> record, "probe_rows": name ->
+    direction -> the held-out rows edited}``. A record says ``scale``
     ("judge" or "latent"), the raw ``unit`` of strength 1, and per direction (``add``,
     ``remove``) the strengths reaching 90%, 95% and the target on the calibrated scale, the
     leakage there, success/leakage/SSIM at strength 1 and the curve measured.
@@ -451,7 +467,8 @@ def calibrate(
     names = list(names)
     judged = [n for n in judge.judged(min_accuracy) if n in names]
     S = vae.config.image_size
-    out: dict[str, Any] = {"vectors": {}, "removal_scale": {}, "footprints": {}, "calibration": {}}
+    out: dict[str, Any] = {"vectors": {}, "removal_scale": {}, "footprints": {}, "calibration": {},
+                           "probe_rows": {}}  # fmt: skip
     rng = np.random.default_rng([seed, 3])
     foot_z = train_z[np.sort(rng.permutation(train_z.shape[0])[:FOOTPRINT_FACES])]
     foot_d0 = torch.cat([_decode(vae, torch.as_tensor(foot_z[k : k + 256]).float())
@@ -501,10 +518,12 @@ def calibrate(
                 for direction, label, sign in (("add", 0, 1.0), ("remove", 1, -1.0)):
                     probe = _held_probe(
                         vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
-                        target=col, others=others, blend=blend, mask=mask,
+                        avoid=(avoid or {}).get(name, {}).get(direction), target=col,
+                        others=others, blend=blend, mask=mask,
                     )  # fmt: skip
                     if probe is None:
                         continue
+                    out["probe_rows"].setdefault(name, {})[direction] = probe.rows
                     c = curves[direction] = _walk(probe, v, sign, weight, target)
                     baselines[direction] = probe.baseline
                     probes[direction], signs[direction] = probe, sign

@@ -312,6 +312,36 @@ def test_a_vector_that_never_reaches_the_target_takes_the_least_step_near_its_be
     assert "least step within 2 points" in found[0]
 
 
+def test_a_second_calibration_measures_on_faces_the_first_did_not_edit():
+    # 100 faces without Bright, 50 drawn each time: avoiding the first draw's rows, the second
+    # edits the other 50, and its strength 1 is the one those faces give. Adding a step s turns
+    # the faces with |z0| < s; the walk stops at 1.0 (all of them) and interpolates 97% from 0.75
+    vae = LinearVAE()
+    train_z, train_y = train_cells()
+    held_z, held_y = planted_heldout()
+    kw = dict(
+        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
+        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
+        train_z=train_z, train_labels=train_y, target=0.97, n_faces=50, progress=False,
+    )  # fmt: skip
+    raw = {"Bright": np.array([1.0, 0, 0, 0])}
+    first = calibrate(vae, FakeJudge(), raw, **kw)
+    again = calibrate(vae, FakeJudge(), raw, seed=1, avoid=first["probe_rows"], **kw)
+
+    def unit_of(rows):
+        s75 = float(np.mean(np.abs(held_z[rows, 0]) < 0.75))
+        return 0.75 + 0.25 * (0.97 - s75) / (1.0 - s75)
+
+    a, b = first["probe_rows"]["Bright"]["add"], again["probe_rows"]["Bright"]["add"]
+    assert a.size == b.size == 50 and not np.intersect1d(a, b).size
+    assert sorted([*a, *b]) == list(range(100))  # the faces without Bright, each once
+    assert first["calibration"]["Bright"]["unit"] == pytest.approx(unit_of(a), abs=1e-6)
+    assert again["calibration"]["Bright"]["unit"] == pytest.approx(unit_of(b), abs=1e-6)
+    # without avoid, another seed draws faces the first draw had too
+    other = calibrate(vae, FakeJudge(), raw, seed=1, **kw)["probe_rows"]["Bright"]["add"]
+    assert np.intersect1d(a, other).size > 0
+
+
 def test_best_strength_of_a_curve_that_never_reaches():
     assert best_strength([1.0, 2.0, 4.0], [0.5, 0.8, 0.81], 0.0) == pytest.approx(1.0 + 29 / 30)
     assert best_strength([1.0, 2.0], [0.8, 0.6], 0.0) == pytest.approx(0.975)  # a peak, then down

@@ -176,6 +176,48 @@ def test_a_base_method_with_a_condition_is_saved_as_conditional(data, tmp_path):
     assert meta["vectors"]["Bright"]["method"] == "conditional"
 
 
+def test_best_measures_the_chosen_vectors_again_on_other_faces(data, monkeypatch):
+    # two candidates; on the faces they are compared on, balanced leaks least and wins. Its
+    # strength must then come from a second calibration of its own fitted vector on faces the
+    # choice did not see (a winner's numbers on the faces it won on are optimistic)
+    monkeypatch.setattr(V, "BEST_OF", ("mean", "balanced"))
+    calls = []
+
+    def fake_calibrate(vae, judge, vectors, *, seed=0, avoid=None, **kw):
+        calls.append({"seed": seed, "avoid": avoid, "vectors": dict(vectors)})
+        k = len(calls) - 1  # 0: mean, 1: balanced, 2: the chosen again
+        unit, leak, succ = [(1.0, 0.05, 0.98), (2.0, 0.01, 0.98), (3.0, 0.02, 0.96)][k]
+        rec = lambda: {"reached": True, "success_at_1": succ, "leakage_at_1": leak,  # noqa: E731
+                       "curve": {"success": [succ]}}  # fmt: skip
+        return {
+            "vectors": {n: np.float32(unit) * np.float32(v) for n, v in vectors.items()},
+            "removal_scale": {n: 1.0 for n in vectors},
+            "footprints": {n: np.full((S, S), 0.1, np.float32) for n in vectors},
+            "calibration": {n: {"scale": "judge", "target": 0.98, "unit": unit, "add": rec(),
+                                "remove": rec(), "footprint_peak": 0.1} for n in vectors},
+            "probe_rows": {n: {"add": np.arange(3) + 10 * k, "remove": np.arange(2)}
+                           for n in vectors},
+        }  # fmt: skip
+
+    monkeypatch.setattr(V, "calibrate", fake_calibrate)
+    vae = ConceptVAE.from_pretrained(data / "run")
+    bank, _ = V.fit_vectors(vae, open_cache(data / "cache"), method="best", judge=object(),
+                            progress=False)  # fmt: skip
+    assert len(calls) == 3 and [c["seed"] for c in calls] == [0, 0, 1]
+    assert calls[0]["avoid"] is None and calls[1]["avoid"] is None
+    meta = bank.metadata
+    for name in bank.names:
+        assert meta["methods"][name] == "balanced"
+        # the balanced vector as fitted, measured again away from the faces it was chosen on
+        np.testing.assert_array_equal(calls[2]["vectors"][name], calls[1]["vectors"][name])
+        assert calls[2]["avoid"][name]["add"].tolist() == [0, 1, 2]
+        np.testing.assert_allclose(bank[name], 3.0 * calls[1]["vectors"][name], rtol=1e-6)
+        rec = meta["calibration"][name]
+        assert rec["unit"] == 3.0 and rec["add"]["success_at_1"] == 0.96
+        # and what the choice saw is kept beside it
+        assert rec["chosen_on"]["add"] == {"success_at_1": 0.98, "leakage_at_1": 0.01}
+
+
 def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
     run_dir = fresh_run(data, tmp_path)
     assert run("vectors", run_dir, data / "cache").exit_code == 0
