@@ -202,7 +202,7 @@ def test_best_measures_the_chosen_vectors_again_on_other_faces(data, monkeypatch
     monkeypatch.setattr(V, "calibrate", fake_calibrate)
     vae = ConceptVAE.from_pretrained(data / "run")
     bank, _ = V.fit_vectors(vae, open_cache(data / "cache"), method="best", judge=object(),
-                            progress=False)  # fmt: skip
+                            attributes=["Bright", "Red"], progress=False)  # fmt: skip
     assert len(calls) == 3 and [c["seed"] for c in calls] == [0, 0, 1]
     assert calls[0]["avoid"] is None and calls[1]["avoid"] is None
     meta = bank.metadata
