@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             t = names.index(a)
             others = independent_columns(judge, names, y_train, a, judged)
             col = judge.names.index(a)
-            v = torch.as_tensor(np.asarray(bank[a], np.float32))
+            v = torch.tensor(np.asarray(bank[a], np.float32))  # a copy: banks load read-only
             weight = footprint_weight(bank.footprints[a])
             if args.truth_faces > 0:
                 truth_of[a] = truth_direction(
