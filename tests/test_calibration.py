@@ -118,6 +118,20 @@ def planted_heldout():
     return z, labels
 
 
+def calibrate_planted(vae, raw, held_z=None, held_y=None, **kw):
+    """``calibrate`` of ``raw`` (name -> vector) with FakeJudge at a 97% target, on the train
+    cells and the held-out faces ``held_z``/``held_y`` (default: :func:`planted_heldout`)
+    decoded by ``vae`` itself."""
+    train_z, train_y = train_cells()
+    if held_z is None:
+        held_z, held_y = planted_heldout()
+    return calibrate(
+        vae, FakeJudge(), raw, faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
+        held_idx=np.arange(len(held_z)), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
+        train_z=train_z, train_labels=train_y, target=0.97, progress=False, **kw,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def calibrated():
     vae = LinearVAE()
@@ -221,17 +235,10 @@ def test_each_step_is_walked_with_the_footprint_its_edit_would_have():
     # the fitted vector is a quarter of the step that works: its own footprint (a = 0.25)
     # weights BRIGHT's core by 0.5, which would halve every step and double strength 1
     vae = SaturatingVAE()
-    train_z, train_y = train_cells()
-    held_z, held_y = planted_heldout()
     raw = np.array([0.25, 0, 0, 0])
-    w_raw = footprint_weight(footprint(vae, train_z, raw))
+    w_raw = footprint_weight(footprint(vae, train_cells()[0], raw))
     assert w_raw[BRIGHT_CORE].numpy() == pytest.approx(0.5)
-    cal = calibrate(
-        vae, FakeJudge(), {"Bright": raw},
-        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
-        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
-        train_z=train_z, train_labels=train_y, target=0.97, progress=False,
-    )  # fmt: skip
+    cal = calibrate_planted(vae, {"Bright": raw})
     rec = cal["calibration"]["Bright"]
     # edited with the footprint of the step itself, a step a adds Bright to the faces with
     # |z0| < a once a >= 0.5: 75% at a = 0.75 (raw 3), 100% at 1.0 (raw 4), so 97% at raw 3.88
@@ -255,16 +262,11 @@ def test_a_read_only_bank_vector_is_calibrated_without_a_torch_warning():
     code = """
 import sys, warnings, numpy as np, torch
 sys.path.insert(0, "tests")
-from test_calibration import FakeJudge, LinearVAE, calibrate, planted_heldout, train_cells
+from test_calibration import LinearVAE, calibrate_planted
 warnings.simplefilter("error")
-vae = LinearVAE()
-train_z, train_y = train_cells()
-held_z, held_y = planted_heldout()
 raw = np.array([1.0, 0, 0, 0], np.float32)
 raw.setflags(write=False)
-cal = calibrate(vae, FakeJudge(), {"Bright": raw}, held_idx=np.arange(200), held_z=held_z,
-    faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()), held_labels=held_y,
-    names=FakeJudge.names, train_z=train_z, train_labels=train_y, target=0.97, progress=False)
+cal = calibrate_planted(LinearVAE(), {"Bright": raw})
 print(round(cal["calibration"]["Bright"]["unit"], 2))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -291,16 +293,9 @@ def test_a_vector_that_never_reaches_the_target_takes_the_least_step_near_its_be
     # success 90% from step 1 to 6.5 and 91% at 8. The best success's step (8) would push every
     # face 8 times as far for one face more; the least step within 2 points of it (89%) is
     # interpolated between 0.75 (75%) and 1.0 (90%): 0.75 + 0.25 * 14 / 15
-    vae = LinearVAE()
-    train_z, train_y = train_cells()
     held_z, held_y = planted_heldout()
     held_z[:100, 0] = np.concatenate([-(np.arange(90) + 0.5) / 100, [-7.5], np.full(9, -100.0)])
-    cal = calibrate(
-        vae, FakeJudge(), {"Bright": np.array([1.0, 0, 0, 0])},
-        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
-        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
-        train_z=train_z, train_labels=train_y, target=0.97, progress=False,
-    )  # fmt: skip
+    cal = calibrate_planted(LinearVAE(), {"Bright": np.array([1.0, 0, 0, 0])}, held_z, held_y)
     rec = cal["calibration"]["Bright"]
     assert rec["add"]["curve"]["success"][-1] == pytest.approx(0.91)
     assert not rec["add"]["reached"] and rec["remove"]["reached"]
@@ -317,16 +312,10 @@ def test_a_second_calibration_measures_on_faces_the_first_did_not_edit():
     # edits the other 50, and its strength 1 is the one those faces give. Adding a step s turns
     # the faces with |z0| < s; the walk stops at 1.0 (all of them) and interpolates 97% from 0.75
     vae = LinearVAE()
-    train_z, train_y = train_cells()
-    held_z, held_y = planted_heldout()
-    kw = dict(
-        faces=lambda idx: vae.decode(torch.from_numpy(held_z[idx]).float()),
-        held_idx=np.arange(200), held_z=held_z, held_labels=held_y, names=FakeJudge.names,
-        train_z=train_z, train_labels=train_y, target=0.97, n_faces=50, progress=False,
-    )  # fmt: skip
+    held_z, _ = planted_heldout()
     raw = {"Bright": np.array([1.0, 0, 0, 0])}
-    first = calibrate(vae, FakeJudge(), raw, **kw)
-    again = calibrate(vae, FakeJudge(), raw, seed=1, avoid=first["probe_rows"], **kw)
+    first = calibrate_planted(vae, raw, n_faces=50)
+    again = calibrate_planted(vae, raw, n_faces=50, seed=1, avoid=first["probe_rows"])
 
     def unit_of(rows):
         s75 = float(np.mean(np.abs(held_z[rows, 0]) < 0.75))
@@ -338,7 +327,7 @@ def test_a_second_calibration_measures_on_faces_the_first_did_not_edit():
     assert first["calibration"]["Bright"]["unit"] == pytest.approx(unit_of(a), abs=1e-6)
     assert again["calibration"]["Bright"]["unit"] == pytest.approx(unit_of(b), abs=1e-6)
     # without avoid, another seed draws faces the first draw had too
-    other = calibrate(vae, FakeJudge(), raw, seed=1, **kw)["probe_rows"]["Bright"]["add"]
+    other = calibrate_planted(vae, raw, n_faces=50, seed=1)["probe_rows"]["Bright"]["add"]
     assert np.intersect1d(a, other).size > 0
 
 
