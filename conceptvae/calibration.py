@@ -60,6 +60,8 @@ NO_EFFECT = 2.0 / 255  # a footprint whose peak change is below this: the vector
 # success less this: on 200 faces, steps within a point or two of the best differ by noise,
 # while leakage keeps rising with the step
 NEAR_BEST = 0.02
+# where the success curve is flat near the target, a smaller step that still reaches the target
+# less NEAR_BEST and gives more success less leakage is strength 1 (see ``traded_strength``)
 
 
 # ----------------------------------------------------------------------------- footprints
@@ -224,6 +226,26 @@ def best_strength(
     best = int(np.argmax(success))
     s = strength_for(strengths, success, baseline, float(success[best]) - within)
     return float(strengths[best]) if s is None or s <= 0 else s
+
+
+def traded_strength(
+    strengths: Sequence[float],
+    success: Sequence[float],
+    leakage: Sequence[float],
+    baseline: float,
+    at: float,
+    floor: float,
+) -> float:
+    """``at`` (the step reaching the target, or the least near the best), or a smaller step
+    of the curve that still reaches ``floor`` and gives more success less leakage: on a flat
+    curve, the last few faces the target asks for can cost many times the step, and every
+    face pays for it in leakage. Of equal steps the least wins."""
+    best = read_at(strengths, success, at, baseline) - read_at(strengths, leakage, at, 0.0)
+    out = at
+    for s, su, le in zip(strengths, success, leakage):
+        if s < at and su >= floor and su - le > best + 1e-9:
+            best, out = su - le, float(s)
+    return out
 
 
 def read_at(strengths: Sequence[float], values: Sequence[float], at: float | None, at_zero: float):
@@ -530,6 +552,8 @@ def calibrate(
                     s = strength_for(c["strength"], c["success"], probe.baseline, target)
                     if s is None:  # never reached: the least step near the best success
                         s = best_strength(c["strength"], c["success"], probe.baseline)
+                    s = traded_strength(c["strength"], c["success"], c["leakage"],
+                                        probe.baseline, s, target - NEAR_BEST)  # fmt: skip
                     units[direction] = max(s, 1e-3)
                     if direction == "add" and blend == "local":
                         fp1 = footprint_of(_scaled(raw, units["add"]))

@@ -32,6 +32,7 @@ from conceptvae.calibration import (
     measure_edits,
     problems,
     strength_for,
+    traded_strength,
 )
 from conceptvae.edit import EditPipeline
 from conceptvae.errors import ModelError
@@ -305,6 +306,40 @@ def test_a_vector_that_never_reaches_the_target_takes_the_least_step_near_its_be
     found = problems(rec)
     assert len(found) == 1 and "adding it reaches only 91% of faces (target 97%)" in found[0]
     assert "least step within 2 points" in found[0]
+
+
+def test_a_flat_curve_stops_where_more_step_costs_more_leakage_than_it_gains():
+    # 96 of the 100 faces without Bright turn by a step of 1, a 97th only at 6.5, 3 never; the
+    # vector also brightens SQUARE (0.6 of its BRIGHT change, inside its footprint), and the
+    # faces at z1 = -3.5 (half) turn Red beyond a step of 5.83. The target (97%) is reached at
+    # 6.5, where half the faces leak; from 1.0 to 5.0 success is 96% (>= 97% - 2 points) with
+    # no leakage, so strength 1 is the least of those steps
+    held_z, held_y = planted_heldout()
+    held_z[:100, 0] = np.concatenate([np.full(96, -0.9), [-6.0], np.full(3, -100.0)])
+    held_z[:, 1] = np.where(np.arange(200) % 2 == 0, 0.5, -3.5)
+    held_y[:, 1] = held_z[:, 1] > 0
+    cal = calibrate_planted(LinearVAE(), {"Bright": np.array([1.0, 0.6, 0, 0])}, held_z, held_y)
+    rec = cal["calibration"]["Bright"]
+    assert rec["add"]["reached"] and rec["add"]["strength_97"] == pytest.approx(6.5, abs=1e-4)
+    assert rec["add"]["leakage_97"] == pytest.approx(0.5, abs=1e-4)
+    assert rec["unit"] == pytest.approx(1.0, abs=1e-6)
+    assert rec["add"]["success_at_1"] == pytest.approx(0.96, abs=1e-6)
+    assert rec["add"]["leakage_at_1"] == pytest.approx(0.0, abs=1e-6)
+    assert problems(rec) == []  # it reaches the target: nothing to report
+
+
+def test_traded_strength_keeps_a_steep_curve_and_cuts_a_flat_one():
+    g = [0.5, 1.0, 2.0, 4.0]
+    # steep: 90% -> 98% between 1 and 2 for 1 point of leakage; no step before reaches 96%
+    assert traded_strength(g, [0.5, 0.9, 0.98, 1.0], [0.0, 0.01, 0.02, 0.03], 0.0, 2.0, 0.96) == 2.0
+    # flat: 96.5% at 1 with 3% leakage, 98% at 4 with 11%: one and a half points of success for
+    # eight of leakage
+    curve = ([0.9, 0.965, 0.97, 0.98], [0.01, 0.03, 0.06, 0.11])
+    assert traded_strength(g, *curve, 0.0, 4.0, 0.96) == 1.0
+    assert traded_strength(g, *curve, 0.0, 4.0, 0.97) == 2.0  # a higher floor: the least above
+    # leakage that falls with the step never trades success away
+    falling = ([0.5, 0.97, 0.98, 0.99], [0.05, 0.04, 0.03, 0.02])
+    assert traded_strength(g, *falling, 0.0, 2.0, 0.96) == 2.0
 
 
 def test_a_second_calibration_measures_on_faces_the_first_did_not_edit():
