@@ -10,6 +10,9 @@ scale). This module gives every vector one scale:
     ``conceptvae edit`` edits them (blend included, and with the footprint the edit would
     have: each step of the walk is measured with its own step's footprint, and removing with
     strength 1's); strength -1 = it is gone, clearly, from the same share of faces with it.
+    Where the success curve is flat below the target, a smaller step that still reaches the
+    target less ``NEAR_BEST`` is strength 1 if it gives more success less leakage
+    (:func:`traded_strength`).
 
 ``calibrate`` measures this with the attribute judge (:mod:`conceptvae.evaluate`) on the valid
 split, which neither the vectors nor the judge's weights were fitted on, and returns the vectors

@@ -640,8 +640,9 @@ def vectors(
 
     The train split's posterior means are fitted (and cached in RUN/latents). With a valid
     split, each vector is calibrated there by an attribute judge trained on the same labels
-    (RUN/judge, trained once): strength 1 adds the attribute clearly (98% of held-out faces),
-    -1 removes it; each vector also gets its footprint. The valid split also judges them:
+    (RUN/judge, trained once): strength 1 adds the attribute clearly (98% of held-out faces;
+    96% or more where a flat curve makes the last faces cost more leakage than they gain), -1
+    removes it; each vector also gets its footprint. The valid split also judges them:
     held-out AUC, norms, cosines, confounds and problems, printed and written beside the bank.
     """
     from pathlib import Path

@@ -243,7 +243,8 @@ def fit_vectors(
 
     With ``judge`` (:class:`~conceptvae.evaluate.Judge`, trained on the same labels), each
     vector is calibrated on the held-out split (:func:`conceptvae.calibration.calibrate`):
-    strength 1 adds the attribute to 98% of held-out faces as edited with ``blend``, -1 removes
+    strength 1 adds the attribute to 98% of held-out faces as edited with ``blend`` (96% or
+    more where a flat curve makes the last faces cost more leakage than they gain), -1 removes
     it; without one, or for attributes the judge cannot see, the uncalibrated latent scale
     applies (``judge_factory``: a function making the judge, called only when it is needed).
     Every vector gets its footprint. Returns the new vectors as a bank (provenance and
@@ -595,7 +596,8 @@ def describe_calibration(bank: VectorBank) -> str:
         return "no calibration recorded: strengths are on the scale the vectors were fitted on"
     lines = [
         "strength 1 is recommended for every vector (`--edit NAME` with no number); on the judge "
-        "scale +1 adds it to 98% of held-out faces and -1 removes it",
+        "scale +1 adds it to 98% of held-out faces (96% or more where the last faces would cost "
+        "more leakage than they gain) and -1 removes it",
         f"{'name':<20} {'scale':<6} {'add: success':>12} {'leak':>6} {'90%':>5} {'95%':>5}  "
         f"{'remove: success':>15} {'leak':>6} {'90%':>5} {'95%':>5} {'area':>5} {'redraw':>9}",
     ]

@@ -181,3 +181,16 @@ def test_from_scratch_trains_a_model_vectors_and_judge_and_keeps_them(tmp_path):
     bank = VectorBank.load(model, model_hash=vae.model_hash())
     assert "Smiling" in bank and "Male" in bank
     assert "`model/`" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_smile_strength_message_gives_the_share_the_calibration_measured():
+    from conceptvae.demo import _smile_strength
+
+    def bank(success):
+        cal = {"Smiling": {"scale": "judge", "add": {"success_at_1": success}}}
+        return VectorBank({"Smiling": np.ones(4)}, metadata={"calibration": cal})
+
+    assert _smile_strength({}, "best", bank(0.97)) == (
+        1.0, "calibrated: strength 1 adds a smile to 97% of held-out faces"
+    )  # fmt: skip
+    assert _smile_strength({}, "best", bank(0.98))[1].endswith("to 98% of held-out faces")
