@@ -61,10 +61,9 @@ REDRAW_GRID = (0.0, 0.25, 0.5, 0.75)
 NO_EFFECT = 2.0 / 255  # a footprint whose peak change is below this: the vector does nothing
 # a vector that never reaches the target gets as strength 1 the least step reaching its best
 # success less this: on 200 faces, steps within a point or two of the best differ by noise,
-# while leakage keeps rising with the step
+# while leakage keeps rising with the step; and on a flat curve, a smaller step reaching the
+# target less this may be strength 1 (``traded_strength``)
 NEAR_BEST = 0.02
-# where the success curve is flat near the target, a smaller step that still reaches the target
-# less NEAR_BEST and gives more success less leakage is strength 1 (see ``traded_strength``)
 
 
 # ----------------------------------------------------------------------------- footprints

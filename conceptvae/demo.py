@@ -412,9 +412,8 @@ def _smile_strength(result: dict[str, Any], method: str, bank: Any = None) -> tu
     number came from."""
     cal = (bank.metadata.get("calibration", {}) if bank is not None else {}).get(EDIT) or {}
     if cal.get("scale") == "judge":
-        share = (cal.get("add") or {}).get("success_at_1")
-        share = f"{share:.0%}" if isinstance(share, float) else "98%"
-        return 1.0, f"calibrated: strength 1 adds a smile to {share} of held-out faces"
+        share = (cal.get("add") or {}).get("success_at_1") or cal.get("target", 0.98)
+        return 1.0, f"calibrated: strength 1 adds a smile to {share:.0%} of held-out faces"
     e = (result.get("edits") or {}).get(EDIT) or {}
     m = (e.get("methods") or {}).get(method) or (e.get("methods") or {}).get("mean") or {}
     s90 = (m.get("add") or {}).get("strength_90")
