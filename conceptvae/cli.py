@@ -613,6 +613,14 @@ def _names(value: str | None) -> list[str] | None:
     show_default=True,
     help="Held-out faces per attribute and direction for calibrating.",
 )
+@click.option(
+    "--confirm-faces",
+    type=click.IntRange(min=10),
+    default=600,
+    show_default=True,
+    help="With --method best: held-out faces per attribute and direction for the chosen "
+    "vectors' second calibration, which sets their strengths (at least --calibration-faces).",
+)
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -631,6 +639,7 @@ def vectors(
     replace: bool,
     calibrate: bool,
     calibration_faces: int,
+    confirm_faces: int,
     show: bool,
     batch_size: int,
     device: str,
@@ -721,6 +730,7 @@ def vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,
             judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
+            confirm_faces=confirm_faces,
         )  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):

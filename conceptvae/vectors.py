@@ -39,6 +39,10 @@ METHODS = ("mean", "balanced", "classifier", "adjusted", "conditional", "orthogo
 # that works on the valid split, least leakage first
 BEST_OF = ("mean", "balanced", "classifier", "adjusted", "orthogonal", "steered")
 STEER_FACES = 256  # train faces whose pixel changes give each label's decoder direction
+# held-out faces per attribute and direction of ``--method best``'s second calibration, which
+# sets the chosen vectors' strengths: three times the choice's 200, so a step read off them
+# (the first crossing of the target, or a flat curve's traded step) is less lucky
+CONFIRM_FACES = 600
 
 
 @torch.inference_mode()
@@ -237,6 +241,7 @@ def fit_vectors(
     judge_factory: Any = None,
     blend: str = "local",
     n_faces: int = 200,
+    confirm_faces: int = CONFIRM_FACES,
 ) -> tuple[VectorBank, Report]:
     """Fit concept vectors on the train split's posterior means, put them on one strength
     scale and judge them on valid/test.
@@ -247,9 +252,12 @@ def fit_vectors(
     more where a flat curve makes the last faces cost more leakage than they gain), -1 removes
     it; without one, or for attributes the judge cannot see, the uncalibrated latent scale
     applies (``judge_factory``: a function making the judge, called only when it is needed).
-    Every vector gets its footprint. Returns the new vectors as a bank (provenance and
-    calibration in its metadata) and a :class:`Report` (held-out AUC, norms, cosines,
-    confounds, problems). Nothing is written except the latent cache.
+    Up to ``n_faces`` held-out faces per attribute and direction calibrate each candidate;
+    with ``method="best"`` the chosen vectors are calibrated again on up to
+    ``max(n_faces, confirm_faces)``, faces the choice did not see first. Every vector gets its
+    footprint. Returns the new vectors as a bank (provenance and calibration in its metadata)
+    and a :class:`Report` (held-out AUC, norms, cosines, confounds, problems). Nothing is
+    written except the latent cache.
     """
     if not cache.attr_names:
         raise DataError(
@@ -331,7 +339,9 @@ def fit_vectors(
         chosen = bank.metadata["methods"]
         raw = VectorBank({n: fitted[chosen[n]][n] for n in bank.names},
                          metadata=bank.metadata)  # fmt: skip
-        again, _ = _calibrated(vae, raw, judge, *split, **opts, seed=1, avoid=rows)
+        # and on more of them: the final step is read off a larger draw, so it is less lucky
+        confirm = {**opts, "n_faces": max(n_faces, confirm_faces)}
+        again, _ = _calibrated(vae, raw, judge, *split, **confirm, seed=1, avoid=rows)
         meta, seen = again.metadata, bank.metadata["calibration"]
         for name, record in meta["calibration"].items():
             first = seen[name]

@@ -183,8 +183,8 @@ def test_best_measures_the_chosen_vectors_again_on_other_faces(data, monkeypatch
     monkeypatch.setattr(V, "BEST_OF", ("mean", "balanced"))
     calls = []
 
-    def fake_calibrate(vae, judge, vectors, *, seed=0, avoid=None, **kw):
-        calls.append({"seed": seed, "avoid": avoid, "vectors": dict(vectors)})
+    def fake_calibrate(vae, judge, vectors, *, seed=0, avoid=None, n_faces=200, **kw):
+        calls.append({"seed": seed, "avoid": avoid, "vectors": dict(vectors), "n": n_faces})
         k = len(calls) - 1  # 0: mean, 1: balanced, 2: the chosen again
         unit, leak, succ = [(1.0, 0.05, 0.98), (2.0, 0.01, 0.98), (3.0, 0.02, 0.96)][k]
         rec = lambda: {"reached": True, "success_at_1": succ, "leakage_at_1": leak,  # noqa: E731
@@ -202,8 +202,11 @@ def test_best_measures_the_chosen_vectors_again_on_other_faces(data, monkeypatch
     monkeypatch.setattr(V, "calibrate", fake_calibrate)
     vae = ConceptVAE.from_pretrained(data / "run")
     bank, _ = V.fit_vectors(vae, open_cache(data / "cache"), method="best", judge=object(),
-                            attributes=["Bright", "Red"], progress=False)  # fmt: skip
+                            attributes=["Bright", "Red"], progress=False, n_faces=100,
+                            confirm_faces=300)  # fmt: skip
     assert len(calls) == 3 and [c["seed"] for c in calls] == [0, 0, 1]
+    # the choice compares candidates on n_faces; the chosen strength is read off more faces
+    assert [c["n"] for c in calls] == [100, 100, 300]
     assert calls[0]["avoid"] is None and calls[1]["avoid"] is None
     meta = bank.metadata
     for name in bank.names:
@@ -216,6 +219,28 @@ def test_best_measures_the_chosen_vectors_again_on_other_faces(data, monkeypatch
         assert rec["unit"] == 3.0 and rec["add"]["success_at_1"] == 0.96
         # and what the choice saw is kept beside it
         assert rec["chosen_on"]["add"] == {"success_at_1": 0.98, "leakage_at_1": 0.01}
+    # asked for fewer faces than the choice saw, the second draw still takes as many
+    calls.clear()
+    V.fit_vectors(vae, open_cache(data / "cache"), method="best", judge=object(),
+                  attributes=["Bright"], progress=False, n_faces=120, confirm_faces=50)  # fmt: skip
+    assert [c["n"] for c in calls] == [120, 120, 120]
+
+
+def test_vectors_passes_its_face_counts_to_the_fit(data, monkeypatch, tmp_path):
+    # `--calibration-faces` and `--confirm-faces` reach fit_vectors, with the documented defaults
+    seen = []
+
+    def fake_fit(vae, cache, run_dir, **kw):
+        seen.append((kw["n_faces"], kw["confirm_faces"]))
+        raise V.VectorError("stop here")
+
+    monkeypatch.setattr(V, "fit_vectors", fake_fit)
+    run_dir = fresh_run(data, tmp_path)
+    r = run("vectors", run_dir, data / "cache", "--calibration-faces", "150",
+            "--confirm-faces", "450")  # fmt: skip
+    assert r.exit_code != 0 and "stop here" in r.output
+    r = run("vectors", run_dir, data / "cache")
+    assert seen == [(150, 450), (200, V.CONFIRM_FACES)]
 
 
 def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
