@@ -7,7 +7,9 @@
 The model and its bank (calibrated on its own valid split) are used as they are; a judge is
 trained on the held-out set's own train split (its labels, its style), and every attribute it
 judges is added (+1) and removed (-1) on up to --n-faces of the held-out test faces, with the
-local blend, as `conceptvae edit` does: success (with its 95% Wilson interval), leakage,
+local blend, as `conceptvae edit` does: success (with its 95% interval, by person: a person's
+faces tend to succeed or fail together, so it is Wilson's on the faces over the design effect,
+which is printed too), leakage,
 visible leakage, SSIM outside the footprint, and leakage over the free attributes only (neither
 implied by the labels, nor hidden by the target, nor weakly judged) with the same for the null
 edit (no step). With --floor (a benchmarks/counterfactual.py JSON made with the same judge on
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         res = measure_edits(
             vae, judge, cal, a, faces=cache.batch, idx=test_idx, z=z_test, labels=y_test,
             names=names, train_labels=y_train, judged=judged, hidden=hidden.get(a, []),
-            blends=("local", "residual"), n_faces=args.n_faces,
+            blends=("local", "residual"), n_faces=args.n_faces, groups=cache.identity[test_idx],
         )  # fmt: skip
         method = bank.metadata.get("methods", {}).get(a, bank.metadata.get("method"))
         # the goals judged as everywhere else (calibration.summarize), on the bank's one method
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
                     "hidden": hidden.get(a, []),
                 }
             )  # fmt: skip
-            rows[-1]["success_interval"] = success_interval(r["success"], res[d]["n"])
+            # by person: a person's faces tend to succeed or fail together
+            rows[-1]["success_interval"] = tuple(res[d]["local"]["success_interval"])
+            rows[-1]["faces_interval"] = success_interval(r["success"], res[d]["n"])
+            rows[-1]["design_effect"] = res[d]["local"]["design_effect"]
             floor = floors.get((a, d))
             rows[-1]["verdict"], rows[-1]["reason"] = verdict(rows[-1], floor)
             rows[-1]["floor"] = floor
@@ -124,14 +129,20 @@ def main(argv: list[str] | None = None) -> None:
           f"redraws less than all of the decoded face in {less} of {len(rows)} pairs")  # fmt: skip
     short = [r for r in rows if r["success"] < SUCCESS_GOAL]
     near = sum(r["success_interval"][1] >= SUCCESS_GOAL for r in short)
+    near_faces = sum(r["faces_interval"][1] >= SUCCESS_GOAL for r in short)
     print(f"success under {SUCCESS_GOAL:.0%} in {len(short)} pairs; in {near} of them "
-          f"{SUCCESS_GOAL:.0%} is inside the 95% interval of the faces measured")  # fmt: skip
+          f"{SUCCESS_GOAL:.0%} is inside the 95% interval by person ({near_faces} counting "
+          "every face as drawn on its own)")  # fmt: skip
+    deff = [r["design_effect"] for r in rows]
+    print(f"design effect (faces per independent face): median {np.median(deff):.2f}, "
+          f"max {max(deff):.2f}")  # fmt: skip
     counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
-    print("| attribute | direction | method | success (95% interval) | n | leakage | free leakage "
+    print("| attribute | direction | method | success (95% interval) | n | design effect "
+          "| leakage | free leakage "
           "| free, no step | true edit: leakage (/ decoded / direction) | SSIM outside | verdict "
           "| largest flips (why) |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         fl = "-" if r["floor"] is None else f"{r['floor']['leakage']:.3f}"
         for k in ("decoded", "direction"):
@@ -140,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {r['attribute']} | {r['direction']} | {r['method']} | {r['success']:.3f} "
             f"({r['success_interval'][0]:.3f}-{r['success_interval'][1]:.3f}) | {r['n']} | "
-            f"{r['leakage']:.3f} | {r['leakage_free']:.3f} | {r['null_leakage_free']:.3f} | "
+            f"{r['design_effect']:.2f} | {r['leakage']:.3f} | {r['leakage_free']:.3f} | "
+            f"{r['null_leakage_free']:.3f} | "
             f"{fl} | {r['ssim_outside']:.3f} | {r['verdict']} | "
             f"{'; '.join(r['why']) or '-'} |"
         )

@@ -789,6 +789,7 @@ def measure_edits(
     blends: Sequence[str] = BLENDS,
     n_faces: int = 200,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Success, leakage and SSIM of the calibrated vector of ``attribute`` (``cal`` from
     :func:`calibrate`) at strength +1 (faces without it) and -1 (faces with it), per blend,
@@ -797,7 +798,9 @@ def measure_edits(
     (``leakage_visible``), and over the *free* ones only (``leakage_free``: neither implied by
     the data, nor hidden, nor weakly judged; see :func:`leakage_reasons`), with ``why``: the
     largest flips and their reasons. ``ssim_outside`` compares only where the footprint does
-    not reach."""
+    not reach. ``success_interval`` is the success's 95% interval (:func:`clustered_interval`,
+    with ``groups``: the person of each row of the split, whose faces tend to succeed or fail
+    together) and ``design_effect`` how many faces count as one."""
     from conceptvae.data import Frame
     from conceptvae.faces import face_mask
 
@@ -858,8 +861,13 @@ def measure_edits(
             after = judge.decide(img).cpu()
             hit = after[:, col] if label == 0 else ~after[:, col]
             flips = (after != before).float().mean(0)
+            lo, hi, deff = clustered_interval(
+                hit.numpy(), None if groups is None else np.asarray(groups)[rows]
+            )
             res[blend] = {
                 "success": float(hit.float().mean()),
+                "success_interval": (lo, hi),
+                "design_effect": deff,
                 "leakage": float(flips[others].mean()) if others else 0.0,
                 "leakage_visible": float(flips[visible].mean()) if visible else 0.0,
                 "leakage_free": float(flips[free].mean()) if free else 0.0,
@@ -896,6 +904,35 @@ def success_interval(success: float, n: int, z: float = 1.96) -> tuple[float, fl
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def clustered_interval(
+    hits: np.ndarray, groups: np.ndarray | None = None, z: float = 1.96
+) -> tuple[float, float, float]:
+    """The success share of ``hits`` (one bool per face) with its 95% interval when faces come
+    in groups that succeed or fail together (``groups``: the person of each face, -1 unknown
+    and then a group of its own): the Wilson interval on the effective number of faces, the
+    faces divided by the design effect (the cluster-robust variance of the share over the
+    variance if every face were drawn on its own, at least 1). Returns ``(lo, hi, design
+    effect)``; without ``groups`` it is :func:`success_interval`'s interval and 1."""
+    hits = np.asarray(hits, dtype=np.float64).ravel()
+    n = hits.size
+    if n == 0:
+        return 0.0, 1.0, 1.0
+    p = float(hits.mean())
+    deff = 1.0
+    if groups is not None:
+        g = np.asarray(groups).ravel()
+        g = np.where(g >= 0, g, -1 - np.arange(n))  # an unknown person is one of a kind
+        _, inverse = np.unique(g, return_inverse=True)
+        k = int(inverse.max()) + 1
+        resid = np.bincount(inverse, weights=hits - p, minlength=k)  # Y_j - p n_j
+        iid = p * (1 - p) / n
+        if k > 1 and iid > 0:
+            robust = k / (k - 1) * float((resid**2).sum()) / n**2
+            deff = max(1.0, robust / iid)
+    lo, hi = success_interval(p, n / deff, z)
+    return lo, hi, deff
+
+
 def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple[str, str]:
     """Why a measured edit (a :func:`summarize` row: success, leakage, leakage_free, why) meets
     the goals or not, as ``(kind, reason)``; ``kind`` is one of ``VERDICTS``:
@@ -929,7 +966,7 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
         if floor is not None:
             seen = f"; the judge finds the true edit on {floor['success']:.0%} of faces"
         if row.get("n"):  # how far sampling alone may put the measured share from the truth
-            lo, hi = success_interval(succ, row["n"])
+            lo, hi = row.get("success_interval") or success_interval(succ, row["n"])
             seen += f"; 95% interval {lo:.1%}-{hi:.1%} on {row['n']} faces"
         return "too weak", f"success {succ:.1%} < {SUCCESS_GOAL:.0%}{seen}"
     if floor is not None and leak <= max(LEAKAGE_GOAL, floor["leakage"] + FLOOR_MARGIN):

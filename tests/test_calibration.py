@@ -32,6 +32,7 @@ from conceptvae.calibration import (
     measure_edits,
     problems,
     strength_for,
+    success_interval,
     traded_strength,
 )
 from conceptvae.edit import EditPipeline
@@ -738,6 +739,14 @@ def test_measure_edits_counts_leakage_of_hidden_and_visible_attributes(calibrate
     assert hid["hidden"] == ["Red"] and hid["add"]["local"]["leakage_visible"] == 0.0
     assert hid["add"]["local"]["leakage"] == add["leakage"]
     assert 0 < add["ssim"] < 1 and add["ssim_outside"] == pytest.approx(1.0)
+    # its interval: Wilson's when every face is its own person; when the 3 faces that do not
+    # cross are one person's (people of 10 faces by their Bright coordinate), wider
+    assert add["success_interval"] == pytest.approx(success_interval(0.97, 100))
+    assert add["design_effect"] == 1.0
+    people = np.argsort(np.argsort(c.held_z[:, 0])) // 10
+    grouped = measure_edits(c.vae, Leaky(), c.cal, "Bright", groups=people, **kw)["add"]["local"]
+    assert grouped["success"] == add["success"] and grouped["design_effect"] > 2
+    assert grouped["success_interval"][0] < add["success_interval"][0] - 0.02
 
 
 class MarkerNet(nn.Module):

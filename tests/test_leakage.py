@@ -183,6 +183,32 @@ def test_success_interval_is_wilsons():
     assert success_interval(0.5, 0) == (0.0, 1.0)
 
 
+def test_an_interval_by_person_widens_when_a_persons_faces_succeed_or_fail_together():
+    from conceptvae.calibration import clustered_interval, success_interval
+
+    people = np.repeat(np.arange(50), 20)  # 1000 faces of 50 people
+    # planted: 46 people's edits all work, 4 people's all fail (92%). Counted face by face the
+    # interval excludes 95%; but there are 50 independent draws here, not 1000, and with that
+    # few 95% is well within reach
+    together = people >= 4
+    lo, hi, deff = clustered_interval(together, people)
+    assert 15 < deff < 25  # about the 20 faces each person has
+    assert success_interval(0.92, 1000)[1] < 0.95 < hi and lo < 0.85
+    # the same share with each face's outcome drawn on its own: near Wilson's (the design
+    # effect is itself estimated from 50 people, so it is noisy: 1.5 on this draw)
+    alone = np.random.default_rng(0).random(1000) < 0.92
+    lo2, hi2, deff2 = clustered_interval(alone, people)
+    wilson = success_interval(float(alone.mean()), 1000)
+    assert deff2 < 2 and hi2 - lo2 < 1.3 * (wilson[1] - wilson[0])
+    # without people, or with every person unknown, it is Wilson's
+    assert clustered_interval(together) == pytest.approx((*success_interval(0.92, 1000), 1.0))
+    unknown = clustered_interval(together, np.full(1000, -1))
+    assert unknown[2] < 1.01
+    assert unknown[1] == pytest.approx(success_interval(0.92, 1000)[1], abs=1e-4)
+    # all succeeded: nothing to widen by (the variance is 0), Wilson's at 100%
+    assert clustered_interval(np.ones(40, bool), np.repeat(np.arange(4), 10))[2] == 1.0
+
+
 def test_verdict_says_why_an_edit_misses_the_goals():
     from conceptvae.calibration import verdict
 
