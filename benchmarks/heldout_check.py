@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )  # fmt: skip
             # by person: a person's faces tend to succeed or fail together
-            rows[-1]["success_interval"] = tuple(res[d]["local"]["success_interval"])
+            rows[-1]["success_interval"] = res[d]["local"]["success_interval"]
             rows[-1]["faces_interval"] = success_interval(r["success"], res[d]["n"])
             rows[-1]["design_effect"] = res[d]["local"]["design_effect"]
             floor = floors.get((a, d))

@@ -841,6 +841,7 @@ def measure_edits(
              for o, r in reasons.items() if r == "weak judge"}
         )  # fmt: skip
         res: dict[str, Any] = {"n": int(rows.size), "reasons": reasons, "implied": implied_by}
+        people = None if groups is None else np.asarray(groups)[rows]
         # the null edit: the local blend with no step, i.e. the reconstruction inside the
         # footprint; its flips are the model's redrawing, not the vector's doing
         # the local blend redraws as much as calibration chose for this vector and direction
@@ -861,9 +862,7 @@ def measure_edits(
             after = judge.decide(img).cpu()
             hit = after[:, col] if label == 0 else ~after[:, col]
             flips = (after != before).float().mean(0)
-            lo, hi, deff = clustered_interval(
-                hit.numpy(), None if groups is None else np.asarray(groups)[rows]
-            )
+            lo, hi, deff = clustered_interval(hit.numpy(), people)
             res[blend] = {
                 "success": float(hit.float().mean()),
                 "success_interval": (lo, hi),
@@ -923,8 +922,8 @@ def clustered_interval(
         g = np.asarray(groups).ravel()
         g = np.where(g >= 0, g, -1 - np.arange(n))  # an unknown person is one of a kind
         _, inverse = np.unique(g, return_inverse=True)
-        k = int(inverse.max()) + 1
-        resid = np.bincount(inverse, weights=hits - p, minlength=k)  # Y_j - p n_j
+        resid = np.bincount(inverse, weights=hits - p)  # per person: Y_j - p n_j
+        k = resid.size
         iid = p * (1 - p) / n
         if k > 1 and iid > 0:
             robust = k / (k - 1) * float((resid**2).sum()) / n**2
