@@ -15,7 +15,9 @@ Expressions are parsed by a small tokenizer and recursive-descent parser; nothin
 A bank on disk is ``vectors.safetensors`` (one float32 tensor per name) and ``vectors.json``
 (names in order, dim, provenance), plus ``footprints.safetensors`` when the vectors have
 footprints (where on the image each one acts: one (H, W) float32 map per name); nothing is
-ever unpickled.
+ever unpickled. A bank with swaps (``attributes.groups``: adding a hair colour to a face that
+shows another) also writes ``swaps.safetensors``: each exclusive group's classifier and each
+swap's vector and footprint, listed in ``vectors.json``.
 
 Strengths: a bank may record, per vector, a ``removal`` scale (``metadata["removal_scale"]``
 {name: float}). A term with a negative coefficient is multiplied by it, so that ``-1`` removes
@@ -43,13 +45,15 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from attributes._arrays import as_array
+from attributes._arrays import as_array, to_numpy
 from attributes.errors import VectorError
 from attributes.estimators import project_out
+from attributes.groups import GroupClassifier
 
 VECTORS_NAME = "vectors.safetensors"
 INFO_NAME = "vectors.json"
 FOOTPRINTS_NAME = "footprints.safetensors"
+SWAPS_NAME = "swaps.safetensors"
 # metadata entries that are {name: ...} dicts, kept in step with the vectors they describe
 _PER_VECTOR_KEYS = (
     "counts", "norms", "effective_counts", "coverage", "confounders", "preserved", "removal_scale",
@@ -338,6 +342,9 @@ class VectorBank:
         *,
         metadata: dict[str, Any] | None = None,
         footprints: Mapping[str, Any] | None = None,
+        groups: Sequence[GroupClassifier] = (),
+        swaps: Mapping[str, Mapping[str, Any]] | None = None,
+        swap_footprints: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not isinstance(vectors, Mapping) or len(vectors) == 0:
             raise VectorError(
@@ -375,6 +382,9 @@ class VectorBank:
         self._metadata = copy.deepcopy(metadata) if metadata else {}
         self._source: Path | None = None  # the folder a loaded bank came from, for messages
         self._footprints = self._check_footprints(footprints or {})
+        self._groups, self._swaps, self._swap_fps = self._check_swaps(
+            groups, swaps or {}, swap_footprints or {}
+        )
         removal = self._metadata.get("removal_scale", {})
         if not isinstance(removal, dict) or not all(
             isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in removal.values()
@@ -404,6 +414,85 @@ class VectorBank:
             arr.setflags(write=False)
             out[key] = arr
         return out
+
+    def _check_swaps(self, groups, swaps, swap_fps):
+        groups = list(groups)
+        for g in groups:
+            if not isinstance(g, GroupClassifier):
+                raise VectorError(f"groups must be GroupClassifiers, got {type(g).__name__}")
+            if g.weight.shape[1] != self.dim:
+                raise VectorError(
+                    f"the classifier of {', '.join(g.members)} has {g.weight.shape[1]} "
+                    f"dimensions, the vectors {self.dim}"
+                )
+        out: dict[str, dict[str, np.ndarray]] = {}
+        fps: dict[str, dict[str, np.ndarray]] = {}
+        shape = next(iter(self._footprints.values())).shape if self._footprints else None
+        for name, rivals in swaps.items():
+            key = self._lookup.get(str(name).lower())
+            group = next((g for g in groups if key in g.members), None)
+            if key is None or group is None:
+                raise VectorError(
+                    f"a swap is given for {name!r}, which has no vector or no exclusive group"
+                )
+            for rival, vec in rivals.items():
+                if rival not in group.members or rival == key:
+                    raise VectorError(
+                        f"the swap of {key} from {rival!r}: {rival!r} is not another label of "
+                        f"its group ({', '.join(group.members)})"
+                    )
+                arr = as_array(vec, f"the swap of {key} from {rival}", 1).astype(np.float32)
+                if arr.shape != (self.dim,) or not np.isfinite(arr).all():
+                    raise VectorError(
+                        f"the swap of {key} from {rival} must be ({self.dim},) and finite"
+                    )
+                arr.setflags(write=False)
+                out.setdefault(key, {})[rival] = arr
+                fp = (swap_fps.get(name) or {}).get(rival)
+                if fp is not None:
+                    fp = np.array(fp, dtype=np.float32)
+                    if fp.ndim != 2 or (shape is not None and fp.shape != shape):
+                        raise VectorError(
+                            f"the footprint of the swap of {key} from {rival} is {fp.shape}: "
+                            "it must be an (H, W) map like the vectors' footprints"
+                        )
+                    if not np.isfinite(fp).all() or (fp < 0).any():
+                        raise VectorError(
+                            f"the footprint of the swap of {key} from {rival} has negative or "
+                            "non-finite values"
+                        )
+                    fp.setflags(write=False)
+                    fps.setdefault(key, {})[rival] = fp
+        return groups, out, fps
+
+    @property
+    def groups(self) -> list[GroupClassifier]:
+        """The exclusive groups' classifiers (:class:`attributes.groups.GroupClassifier`)."""
+        return list(self._groups)
+
+    @property
+    def swaps(self) -> dict[str, dict[str, np.ndarray]]:
+        """name -> rival -> the (D,) step that adds ``name`` to a face showing ``rival`` (its
+        strength 1), for the names whose adding depends on which label of their exclusive
+        group a face shows. Read-only arrays."""
+        return {n: dict(r) for n, r in self._swaps.items()}
+
+    def swap_footprint(self, name: str, rival: str) -> np.ndarray | None:
+        """The footprint of the swap of ``name`` from ``rival`` (None when it has none)."""
+        return (self._swap_fps.get(self.canonical(name)) or {}).get(rival)
+
+    def rivals(self, name: str, z: Any) -> list[str | None]:
+        """Per row of ``z`` (N, D) or for one (D,) latent, as a list: the rival whose swap
+        adds ``name`` to that face (the label of ``name``'s exclusive group the face shows,
+        where the bank has that swap), None where ``name``'s own vector does."""
+        arr = to_numpy(z).astype(np.float32)
+        arr = arr[None] if arr.ndim == 1 else arr
+        key = self.canonical(name)
+        swaps = self._swaps.get(key)
+        if not swaps:
+            return [None] * arr.shape[0]
+        group = next(g for g in self._groups if key in g.members)
+        return [r if r in swaps else None for r in group.predict(arr)]
 
     @property
     def footprints(self) -> dict[str, np.ndarray]:
@@ -588,7 +677,12 @@ class VectorBank:
         self, vectors: dict[str, Any], meta: dict[str, Any], drop: str | None = None
     ) -> VectorBank:
         fps = {n: f for n, f in self._footprints.items() if n in vectors and n != drop}
-        bank = VectorBank(vectors, metadata=meta, footprints=fps)
+        keep = [n for n in self._swaps if n in vectors and n != drop]
+        bank = VectorBank(
+            vectors, metadata=meta, footprints=fps, groups=self._groups,
+            swaps={n: self._swaps[n] for n in keep},
+            swap_footprints={n: self._swap_fps.get(n, {}) for n in keep},
+        )  # fmt: skip
         bank._source = self._source
         return bank
 
@@ -624,6 +718,7 @@ class VectorBank:
                     "dim": self.dim,
                     "names": self._names,
                     "footprints": list(self._footprints),
+                    **({"swaps": self._swap_listing()} if self._groups else {}),
                     "metadata": self._metadata,
                 },
                 indent=2,
@@ -645,8 +740,74 @@ class VectorBank:
         else:  # a stale file would not be read (vectors.json lists none), but do not leave it
             with contextlib.suppress(FileNotFoundError):
                 (directory / FOOTPRINTS_NAME).unlink()
+        if self._groups:
+            _atomic_write(directory / SWAPS_NAME, save_safetensors(self._swap_tensors()))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / SWAPS_NAME).unlink()
         _atomic_write(directory / INFO_NAME, (info + "\n").encode("utf-8"))  # last: complete
         return directory
+
+    def _swap_pairs(self) -> list[tuple[str, str]]:
+        return [(n, r) for n, rivals in self._swaps.items() for r in rivals]
+
+    def _swap_listing(self) -> dict[str, Any]:
+        return {
+            "groups": [list(g.members) for g in self._groups],
+            "pairs": [list(p) for p in self._swap_pairs()],
+            "footprints": [
+                list(p) for p in self._swap_pairs() if self.swap_footprint(*p) is not None
+            ],
+        }
+
+    def _swap_tensors(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, g in enumerate(self._groups):
+            out[f"group{i}.weight"] = np.ascontiguousarray(g.weight)
+            out[f"group{i}.bias"] = np.ascontiguousarray(g.bias)
+        for j, (n, r) in enumerate(self._swap_pairs()):
+            out[f"swap{j}"] = np.ascontiguousarray(self._swaps[n][r])
+            fp = self.swap_footprint(n, r)
+            if fp is not None:
+                out[f"swap{j}.footprint"] = np.ascontiguousarray(fp)
+        return out
+
+    @staticmethod
+    def _read_swaps(directory: Path, listing: Any) -> dict[str, Any]:
+        """The ``groups``, ``swaps`` and ``swap_footprints`` of a saved bank's swap file."""
+        path = directory / SWAPS_NAME
+        ok = (
+            isinstance(listing, dict)
+            and isinstance(listing.get("groups"), list)
+            and isinstance(listing.get("pairs"), list)
+            and all(isinstance(p, list) and len(p) == 2 for p in listing["pairs"])
+        )
+        if not ok:
+            raise VectorError(
+                f"{directory / INFO_NAME} has a damaged swap listing: run `conceptvae vectors` "
+                "again"
+            )
+        try:
+            tensors = load_safetensors(path.read_bytes())
+            groups = [
+                GroupClassifier(tuple(m), tensors[f"group{i}.weight"], tensors[f"group{i}.bias"])
+                for i, m in enumerate(listing["groups"])
+            ]
+            with_fp = {tuple(p) for p in listing.get("footprints") or []}
+            swaps: dict[str, dict[str, np.ndarray]] = {}
+            fps: dict[str, dict[str, np.ndarray]] = {}
+            for j, (n, r) in enumerate(listing["pairs"]):
+                swaps.setdefault(n, {})[r] = tensors[f"swap{j}"]
+                if (n, r) in with_fp:
+                    fps.setdefault(n, {})[r] = tensors[f"swap{j}.footprint"]
+        except VectorError as e:
+            raise VectorError(f"{path}: {e}") from None
+        except Exception as e:  # missing, damaged, truncated, or a tensor it does not hold
+            raise VectorError(
+                f"{path} is missing or damaged ({type(e).__name__}: {e}): run `conceptvae "
+                "vectors` again"
+            ) from None
+        return {"groups": groups, "swaps": swaps, "swap_footprints": fps}
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, model_hash: str | None = None) -> VectorBank:
@@ -720,8 +881,11 @@ class VectorBank:
                     "`conceptvae vectors` again"
                 )
             footprints = {n: footprints[n] for n in fp_names}
+        swaps = cls._read_swaps(directory, info["swaps"]) if info.get("swaps") else {}
         try:
-            bank = cls({n: tensors[n] for n in names}, metadata=meta, footprints=footprints)
+            bank = cls(
+                {n: tensors[n] for n in names}, metadata=meta, footprints=footprints, **swaps
+            )
         except VectorError as e:
             raise VectorError(f"{info_path}: {e}") from None
         bank._source = directory

@@ -127,6 +127,13 @@ def redraw_of(calibration: dict[str, Any], name: str, direction: str) -> float:
     return float(record.get("redraw", 1.0))
 
 
+def swap_redraw(calibration: dict[str, Any], name: str, rival: str) -> float:
+    """The redraw chosen for the swap adding ``name`` to a face showing ``rival``
+    (:func:`conceptvae.vectors.fit_swaps`); 1 when none was."""
+    record = ((calibration.get(name) or {}).get("swaps") or {}).get(rival) or {}
+    return float((record.get("add") or {}).get("redraw", 1.0))
+
+
 def redraw_weight(terms: Sequence[tuple[float, float, torch.Tensor]]) -> torch.Tensor | None:
     """The local blend's redraw map ``r`` of an expression: the max over its terms of
     ``redraw * w * min(1, |coefficient|)`` for terms ``(coefficient, redraw, w)``; with one
@@ -827,10 +834,20 @@ def measure_edits(
             continue
         x = faces(idx[rows])
         z0 = torch.from_numpy(z[rows]).float()
+        res: dict[str, Any] = {"n": int(rows.size)}
+        # the local blend redraws as much as calibration chose for this vector and direction
+        redraw = res["redraw"] = redraw_of(cal.get("calibration", {}), attribute, direction)
+        steps, w_rows, r_rows = step[None].expand(rows.size, -1), weight, redraw
+        if direction == "add" and cal.get("swaps", {}).get(attribute):
+            # a face showing a rival of the attribute's exclusive group gets its swap
+            steps, w_rows, r_rows, res["swapped"] = _swapped(
+                cal, attribute, z[rows], v, weight, redraw
+            )
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
         d1 = torch.cat(
-            [_decode(vae, z0[k : k + 256] + step[None]).cpu() for k in range(0, rows.size, 256)]
-        )
+            [_decode(vae, z0[k : k + 256] + steps[k : k + 256]).cpu()
+             for k in range(0, rows.size, 256)]
+        )  # fmt: skip
         before = judge.decide(x).cpu()
         implied_by = implied(train_labels, names, attribute, other_names, 1 - label)
         reasons = leakage_reasons(judge, other_names, hidden, implied_by)
@@ -840,14 +857,12 @@ def measure_edits(
             {o: f", accuracy {judge.accuracy.get(o) or 0:.2f}"
              for o, r in reasons.items() if r == "weak judge"}
         )  # fmt: skip
-        res: dict[str, Any] = {"n": int(rows.size), "reasons": reasons, "implied": implied_by}
+        res.update(reasons=reasons, implied=implied_by)
         people = None if groups is None else np.asarray(groups)[rows]
         # the null edit: the local blend with no step, i.e. the reconstruction inside the
         # footprint; its flips are the model's redrawing, not the vector's doing
-        # the local blend redraws as much as calibration chose for this vector and direction
-        redraw = res["redraw"] = redraw_of(cal.get("calibration", {}), attribute, direction)
         null = judge.decide(
-            crop_edit(x, d0, d0, "local", weight=weight, mask=mask, redraw=redraw)
+            crop_edit(x, d0, d0, "local", weight=w_rows, mask=mask, redraw=r_rows)
         ).cpu()
         null_flips = (null != before).float().mean(0)
         res["null"] = {
@@ -858,7 +873,7 @@ def measure_edits(
             o = judge.names[c]
             detail[o] = detail.get(o, "") + f", {float(null_flips[c]):.0%} with no step"
         for blend in blends:
-            img = crop_edit(x, d0, d1, blend, weight=weight, mask=mask, redraw=redraw)
+            img = crop_edit(x, d0, d1, blend, weight=w_rows, mask=mask, redraw=r_rows)
             after = judge.decide(img).cpu()
             hit = after[:, col] if label == 0 else ~after[:, col]
             flips = (after != before).float().mean(0)
@@ -872,12 +887,32 @@ def measure_edits(
                 "leakage_free": float(flips[free].mean()) if free else 0.0,
                 "flips": {judge.names[c]: float(flips[c]) for c in others},
                 "ssim": _outside_ssim(img, x, None),
-                "ssim_outside": _outside_ssim(img, x, weight),
+                "ssim_outside": _outside_ssim(img, x, w_rows),
             }
             res[blend]["why"] = explain(res[blend], reasons, detail)
         out[direction] = res
     out["hidden"] = list(hidden)
     return out
+
+
+def _swapped(
+    cal: dict[str, Any], name: str, z: np.ndarray, v: torch.Tensor, weight: torch.Tensor,
+    redraw: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    """Per face of ``z`` (B, D), adding ``name``: the step (B, D), the local blend's weight
+    and redraw maps (B, 1, S, S), and the share of faces that got a swap instead of ``v``."""
+    swaps, fps = cal["swaps"][name], cal.get("swap_footprints", {}).get(name, {})
+    who = cal["rivals"](name, z)
+    weights = {r: footprint_weight(fp) for r, fp in fps.items()}
+    steps, ws, gs = [], [], []
+    for r in who:
+        steps.append(v if r is None else torch.tensor(np.asarray(swaps[r], np.float32)))
+        ws.append(weights.get(r, weight) if r is not None else weight)
+        gs.append(redraw if r is None else swap_redraw(cal.get("calibration", {}), name, r))
+    w = torch.stack(ws)[:, None]
+    r_map = torch.tensor(gs, dtype=w.dtype)[:, None, None, None] * w
+    share = float(np.mean([r is not None for r in who])) if who else 0.0
+    return torch.stack(steps), w, r_map, share
 
 
 FLOOR_MARGIN = 0.01  # an edit within this of the true edit's leakage is at the judge's floor

@@ -621,6 +621,20 @@ def _names(value: str | None) -> list[str] | None:
     help="With --method best: held-out faces per attribute and direction for the chosen "
     "vectors' second calibration, which sets their strengths (at least --calibration-faces).",
 )
+@click.option(
+    "--exclusive",
+    multiple=True,
+    help="Comma-separated labels a face shows at most one of (hair colours): adding one to a "
+    "face that shows another uses a calibrated swap between the two. Repeat for more groups; "
+    "'none' for no swaps. [default: Black_Hair,Blond_Hair,Brown_Hair,Gray_Hair where the "
+    "labels have them]",
+)
+@click.option(
+    "--swaps-only",
+    is_flag=True,
+    help="Keep RUN's vectors and strengths; fit and calibrate only the swaps of the exclusive "
+    "groups (minutes, not a full fit).",
+)
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -640,6 +654,8 @@ def vectors(
     calibrate: bool,
     calibration_faces: int,
     confirm_faces: int,
+    exclusive: tuple[str, ...],
+    swaps_only: bool,
     show: bool,
     batch_size: int,
     device: str,
@@ -653,6 +669,8 @@ def vectors(
     96% or more where a flat curve makes the last faces cost more leakage than they gain), -1
     removes it; each vector also gets its footprint. The valid split also judges them:
     held-out AUC, norms, cosines, confounds and problems, printed and written beside the bank.
+    Labels a face shows at most one of (--exclusive; hair colours by default) also get swaps:
+    adding brown hair to a blond face is its own calibrated step, not the brown-hair vector.
     """
     from pathlib import Path
 
@@ -683,7 +701,18 @@ def vectors(
             click.echo("")
             click.echo(report.read_text(encoding="utf-8").rstrip())
         return
+    groups: list[list[str]] | None = None
+    if exclusive:
+        if [e.strip().lower() for e in exclusive] == ["none"]:
+            groups = []
+        else:
+            groups = [_names(e) or [] for e in exclusive]
     pair = positive is not None or negative is not None
+    if swaps_only and (pair or not calibrate or replace or groups == []):
+        raise click.UsageError(
+            "--swaps-only calibrates swaps for RUN's bank with DATA's judge: not with "
+            "--positive/--negative, --no-calibrate, --replace or --exclusive none"
+        )
     if pair:
         if data or labels:
             raise click.UsageError("give DATA (with --labels) or --positive/--negative, not both")
@@ -726,11 +755,26 @@ def vectors(
                        f"{run_dir / 'judge'})", err=True)  # fmt: skip
             return load_or_train_judge(run_dir, c, device=vae.device)
 
+        if swaps_only:
+            bank = V.load_bank(run_dir)
+            if bank is None:
+                raise DataError(
+                    f"{run_dir} has no vectors to add swaps to: run `conceptvae vectors {run} "
+                    f"{data}` first"
+                )
+            bank.check_model(vae.model_hash())
+            bank = V.add_swaps(vae, bank, judge_factory(), c, run_dir, groups=groups,
+                               n_faces=confirm_faces, batch_size=batch_size)  # fmt: skip
+            bank.save(run_dir)
+            click.echo(V.describe_swaps(bank))
+            kept = sum(len(r) for r in bank.swaps.values())
+            click.echo(f"saved {kept} swaps to {run_dir}; its vectors are unchanged")
+            return
         new, report = V.fit_vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,
             judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
-            confirm_faces=confirm_faces,
+            confirm_faces=confirm_faces, groups=groups,
         )  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
@@ -979,7 +1023,7 @@ def grid_command(
     pipe.direction(xname), pipe.direction(yname)  # a bad name fails before the photo is read
     f = pipe.prepare(photo, face=face, align=not no_align).faces[0]
     zs = torch.stack(
-        [f.z + pipe.direction(yname, float(b)) + pipe.direction(xname, float(a))
+        [f.z + pipe.direction(yname, float(b), f.z) + pipe.direction(xname, float(a), f.z)
          for b in ys for a in xs]
     )  # fmt: skip
     crops = pipe.crops(f, zs)

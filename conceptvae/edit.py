@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attributes.bank import VectorBank
-from conceptvae.calibration import combined_weight, footprint_weight, redraw_of, redraw_weight
+from attributes.bank import Term, VectorBank
+from conceptvae.calibration import (
+    combined_weight,
+    footprint_weight,
+    redraw_of,
+    redraw_weight,
+    swap_redraw,
+)
 from conceptvae.errors import ModelError
 from conceptvae.faces import (
     AlignedFace,
@@ -193,16 +199,41 @@ class EditPipeline:
 
     # -- editing ---------------------------------------------------------------------------
 
-    def direction(self, edit: str, strength: float = 1.0) -> torch.Tensor:
+    def _swaps(self, terms: list[Term], strength: float, z: Any) -> dict[int, str]:
+        """Term index -> the rival whose swap adds that term's attribute to the face of latent
+        ``z`` (:meth:`VectorBank.rivals`): only plain terms that add (coefficient times
+        ``strength`` above 0), and only where the bank has that swap."""
+        if z is None or self.bank is None or not self.bank.swaps:
+            return {}
+        swaps = self.bank.swaps
+        out = {}
+        for i, t in enumerate(terms):
+            if t.coef * strength > 0 and not t.condition and t.name in swaps:
+                rival = self.bank.rivals(t.name, z)[0]
+                if rival is not None:
+                    out[i] = rival
+        return out
+
+    def direction(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor:
         """The latent step of an edit expression (``"Smiling+1.5"``, ``"Smiling@Male"``) at
-        ``strength``; a negative strength removes, with the bank's removal scale."""
+        ``strength``; a negative strength removes, with the bank's removal scale. With ``z``
+        (the face's latent, (D,)), adding a label of an exclusive group to a face that shows
+        another one of it uses the bank's swap (``attributes.groups``), where it has one."""
         if self.bank is None:
             raise ModelError(
                 "this model has no concept vectors yet: run `conceptvae vectors RUN DATA` first"
             )
         v = self.bank.vector(edit, float(strength))
+        terms = self.bank.parse(edit)
+        swapped = self._swaps(terms, float(strength), z)
+        if swapped:
+            rest = [t for i, t in enumerate(terms) if i not in swapped]
+            v = self.bank.vector(rest, float(strength)) if rest else np.zeros_like(v)
+            swaps = self.bank.swaps
+            for i, r in swapped.items():
+                v = v + float(strength) * terms[i].coef * swaps[terms[i].name][r]
         flagged = self.bank.metadata.get("problems", {})
-        for t in self.bank.parse(edit):
+        for t in terms:
             if flagged.get(t.name) and t.name not in self._warned:
                 self._warned.add(t.name)
                 warnings.warn(
@@ -212,38 +243,67 @@ class EditPipeline:
                 )
         return torch.from_numpy(np.ascontiguousarray(v)).to(self.vae.device)
 
-    def footprint(self, edit: str, strength: float = 1.0) -> torch.Tensor | None:
+    def _term_weights(self, terms: list[Term], swapped: dict[int, str]) -> list[torch.Tensor]:
+        """Each term's footprint weight: its swap's where it is swapped and the swap has one."""
+        if getattr(self, "_weights_of", None) is not self.bank:  # a new bank: new weights
+            self._weights: dict[Any, torch.Tensor] = {}
+            self._calibration = self.bank.metadata.get("calibration") or {}
+            self._weights_of = self.bank
+        out = []
+        for i, t in enumerate(terms):
+            key: Any = t.name
+            fp = self.bank.footprints[t.name]
+            if i in swapped and self.bank.swap_footprint(t.name, swapped[i]) is not None:
+                key, fp = (t.name, swapped[i]), self.bank.swap_footprint(t.name, swapped[i])
+            if key not in self._weights:
+                self._weights[key] = footprint_weight(fp)
+            out.append(self._weights[key])
+        return out
+
+    def footprint(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor | None:
         """(S, S) weight in [0, 1] of where the edit acts (the union of its vectors'
-        footprints), or None when a vector of it has no footprint."""
+        footprints), or None when a vector of it has no footprint. ``z``: as
+        :meth:`direction`'s (a swapped term acts where its swap does)."""
         if self.bank is None:
             return None
         fps = self.bank.footprints
         terms = self.bank.parse(edit)
         if not terms or any(t.name not in fps for t in terms):
             return None
-        if getattr(self, "_weights_of", None) is not self.bank:  # a new bank: new weights
-            self._weights: dict[str, torch.Tensor] = {}
-            self._calibration = self.bank.metadata.get("calibration") or {}
-            self._weights_of = self.bank
-        for t in terms:
-            if t.name not in self._weights:
-                self._weights[t.name] = footprint_weight(fps[t.name])
-        return combined_weight([(t.coef * strength, self._weights[t.name]) for t in terms])
+        ws = self._term_weights(terms, self._swaps(terms, float(strength), z))
+        return combined_weight([(t.coef * strength, w) for t, w in zip(terms, ws)])
 
-    def redraw(self, edit: str, strength: float = 1.0) -> torch.Tensor | None:
+    def redraw(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor | None:
         """(S, S) map of how much of the decoded face the ``local`` blend shows where the
         edit acts: each vector's direction redraws as much as calibration chose for it
         (:func:`conceptvae.calibration.redraw_weight`). None: all of it, as banks calibrated
-        before the redraw was chosen do."""
+        before the redraw was chosen do. ``z``: as :meth:`direction`'s."""
         if self.footprint(edit, strength) is None:
             return None
         terms = self.bank.parse(edit)
+        swapped = self._swaps(terms, float(strength), z)
+        ws = self._term_weights(terms, swapped)
         coefs = [t.coef * strength for t in terms]
-        gs = [redraw_of(self._calibration, t.name, "add" if c >= 0 else "remove")
-              for t, c in zip(terms, coefs)]  # fmt: skip
+        gs = [
+            swap_redraw(self._calibration, t.name, swapped[i])
+            if i in swapped
+            else redraw_of(self._calibration, t.name, "add" if c >= 0 else "remove")
+            for i, (t, c) in enumerate(zip(terms, coefs))
+        ]
         if all(g == 1.0 for g in gs):
             return None
-        return redraw_weight([(c, g, self._weights[t.name]) for t, c, g in zip(terms, coefs, gs)])
+        return redraw_weight([(c, g, w) for c, g, w in zip(coefs, gs, ws)])
+
+    def face_edit(
+        self, edit: str, strength: float, z: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(step, weight, redraw)`` of ``edit`` at ``strength`` for the face of latent ``z``:
+        :meth:`direction`, :meth:`footprint` and :meth:`redraw` with that face's swaps."""
+        return (
+            self.direction(edit, strength, z),
+            self.footprint(edit, strength, z),
+            self.redraw(edit, strength, z),
+        )
 
     @torch.inference_mode()
     def render(
@@ -251,29 +311,33 @@ class EditPipeline:
         prepared: PreparedPhoto,
         steps: list[torch.Tensor],
         blend: str | None = None,
-        weight: torch.Tensor | None = None,
-        redraw: torch.Tensor | None = None,
+        weight: torch.Tensor | list[torch.Tensor | None] | None = None,
+        redraw: torch.Tensor | list[torch.Tensor | None] | None = None,
     ) -> np.ndarray:
         """Apply one latent step per face (``steps[i]`` (D,)) and put the faces back:
         (H, W, 3) uint8. ``weight``: the edit's footprint weight (S, S) (:meth:`footprint`),
         which the ``local`` blend needs and ``auto`` chooses it by; ``redraw``: the local
-        blend's redraw map (:meth:`redraw`; None: redraw fully)."""
+        blend's redraw map (:meth:`redraw`; None: redraw fully). Either may be a list, one
+        per face (an edit with swaps acts differently on different faces)."""
+        n = len(steps)
+        weights = list(weight) if isinstance(weight, list) else [weight] * n
+        redraws = list(redraw) if isinstance(redraw, list) else [redraw] * n
         blend = blend or self.blend
         _check_blend(blend)
         if blend == "auto":
-            blend = "local" if weight is not None else "residual"
-        if blend == "local" and weight is None:
+            blend = "local" if all(w is not None for w in weights) else "residual"
+        if blend == "local" and any(w is None for w in weights):
             raise ModelError(
                 "the local blend needs the footprints of the edit's vectors, and this bank has "
                 "none for them: run `conceptvae vectors` again, or use --blend residual"
             )
         out = prepared.pixels
-        for f, step in zip(prepared.faces, steps):
+        for f, step, w, r in zip(prepared.faces, steps, weights, redraws):
             if not bool(step.abs().max() > 0):
                 continue  # strength 0: nothing changes, bit for bit
             new = self.vae.decode((f.z + step)[None]).float().clamp(0, 1)[0].cpu()
             if blend == "local":
-                out = self._local(out, f, new, weight, redraw)
+                out = self._local(out, f, new, w, r)
             else:
                 out = self._blend(out, f, new, blend)
         return out
@@ -344,11 +408,10 @@ class EditPipeline:
         """``photo`` with ``edit`` (an expression of the bank) applied at ``strength`` to the
         chosen faces: a PIL image of the photo's own size."""
         prepared = self._prepared(photo, face, align, refine)
-        step = self.direction(edit, float(strength))
-        weight = self.footprint(edit, float(strength))
-        redraw = self.redraw(edit, float(strength))
-        steps = [step] * len(prepared.faces)
-        return Image.fromarray(self.render(prepared, steps, blend, weight, redraw))
+        self.direction(edit, float(strength))  # a bad expression fails before any face
+        parts = [self.face_edit(edit, float(strength), f.z) for f in prepared.faces]
+        steps, weights, redraws = ([p[k] for p in parts] for k in range(3))
+        return Image.fromarray(self.render(prepared, steps, blend, weights, redraws))
 
     def sweep(
         self,
@@ -363,19 +426,13 @@ class EditPipeline:
     ) -> list[Image.Image]:
         """The photo edited at each strength (one encoding, one decode per strength)."""
         prepared = self._prepared(photo, face, align, refine)
-        n = len(prepared.faces)
-        return [
-            Image.fromarray(
-                self.render(
-                    prepared,
-                    [self.direction(edit, float(s))] * n,
-                    blend,
-                    self.footprint(edit, float(s)),
-                    self.redraw(edit, float(s)),
-                )
-            )
-            for s in strengths
-        ]
+        self.direction(edit)  # a bad expression fails before any face
+        out = []
+        for s in strengths:
+            parts = [self.face_edit(edit, float(s), f.z) for f in prepared.faces]
+            steps, weights, redraws = ([p[k] for p in parts] for k in range(3))
+            out.append(Image.fromarray(self.render(prepared, steps, blend, weights, redraws)))
+        return out
 
     def _prepared(self, photo, face, align, refine) -> PreparedPhoto:
         if isinstance(photo, PreparedPhoto):

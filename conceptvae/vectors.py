@@ -22,6 +22,13 @@ from tqdm.auto import tqdm
 from attributes.bank import VectorBank
 from attributes.errors import VectorError
 from attributes.estimators import AttributeVectors, _resolve, mean_difference
+from attributes.groups import (
+    MIN_SWAP_FACES,
+    GroupClassifier,
+    check_group,
+    default_groups,
+    swap_vectors,
+)
 from attributes.report import Report, quality_report
 from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from conceptvae.calibration import calibrate, choose_redraws
@@ -43,6 +50,9 @@ STEER_FACES = 256  # train faces whose pixel changes give each label's decoder d
 # sets the chosen vectors' strengths: three times the choice's 200, so a step read off them
 # (the first crossing of the target, or a flat curve's traded step) is less lucky
 CONFIRM_FACES = 600
+# a swap replaces a vector on the faces showing a rival only where it adds the attribute to at
+# least this much more of them (on the same held-out faces, each at its own strength 1)
+SWAP_GAIN = 0.02
 
 
 @torch.inference_mode()
@@ -242,6 +252,7 @@ def fit_vectors(
     blend: str = "local",
     n_faces: int = 200,
     confirm_faces: int = CONFIRM_FACES,
+    groups: list[list[str]] | None = None,
 ) -> tuple[VectorBank, Report]:
     """Fit concept vectors on the train split's posterior means, put them on one strength
     scale and judge them on valid/test.
@@ -255,9 +266,12 @@ def fit_vectors(
     Up to ``n_faces`` held-out faces per attribute and direction calibrate each candidate;
     with ``method="best"`` the chosen vectors are calibrated again on up to
     ``max(n_faces, confirm_faces)``, faces the choice did not see first. Every vector gets its
-    footprint. Returns the new vectors as a bank (provenance and calibration in its metadata)
-    and a :class:`Report` (held-out AUC, norms, cosines, confounds, problems). Nothing is
-    written except the latent cache.
+    footprint. With a judge and the local blend, the labels of exclusive ``groups`` (default:
+    the hair colours, where the labels have them; ``[]``: none) get swaps
+    (:func:`fit_swaps`, on up to ``max(n_faces, confirm_faces)`` faces). Returns the new
+    vectors as a bank (provenance and calibration in its metadata) and a :class:`Report`
+    (held-out AUC, norms, cosines, confounds, problems). Nothing is written except the latent
+    cache.
     """
     if not cache.attr_names:
         raise DataError(
@@ -279,6 +293,8 @@ def fit_vectors(
             raise VectorError(f"{a} is both the attribute and a condition: condition it on others")
     if method != "best":
         make_estimator(method, attributes, condition)
+    # the groups too: checked on the train labels before any image is encoded
+    found = resolve_groups(groups, np.asarray(cache.labels[cache.split("train")]), names)
     model_hash = vae.model_hash()
     common = {"batch_size": batch_size, "progress": progress, "model_hash": model_hash}
     idx, z = split_latents(vae, cache, "train", run, **common)
@@ -352,6 +368,10 @@ def fit_vectors(
             }
         bank = VectorBank({n: again[n] for n in again.names}, metadata=meta,
                           footprints=again.footprints)  # fmt: skip
+    found = [g for g in found if any(a in bank for a in g)]
+    if found and judge is not None and blend == "local":
+        bank = fit_swaps(vae, bank, judge, cache, names, held_idx, held_z, held_y, z, y, found,
+                         n_faces=max(n_faces, confirm_faces), progress=progress)  # fmt: skip
     report = quality_report(bank, None, held_z, held_y, names, train_labels=y)
     for name, record in bank.metadata.get("calibration", {}).items():
         found = calibration_problems(record)
@@ -361,7 +381,7 @@ def fit_vectors(
         meta = bank.metadata
         meta["problems"] = {n: list(report.problems[n]) for n in report.flagged}
         bank = VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
-                          footprints=bank.footprints)  # fmt: skip
+                          footprints=bank.footprints, **_swaps_of(bank))  # fmt: skip
     if held is None:
         report.notes["_split"] = "no valid or test images: AUC measured on the fitting images"
     return bank, report
@@ -439,13 +459,161 @@ def bank_calibration(bank: VectorBank) -> dict[str, Any]:
     """A bank as :func:`conceptvae.calibration.calibrate` returns its vectors: ``vectors``,
     ``removal_scale``, ``footprints`` and the ``calibration`` records (what
     :func:`~conceptvae.calibration.measure_edits` and
-    :func:`~conceptvae.calibration.choose_redraws` read)."""
+    :func:`~conceptvae.calibration.choose_redraws` read); with its ``swaps``, their
+    ``swap_footprints`` and ``rivals`` (:meth:`VectorBank.rivals`) when it has any."""
+    swaps = bank.swaps
     return {
         "vectors": {n: bank[n] for n in bank.names},
         "removal_scale": {n: bank.removal_scale(n) for n in bank.names},
         "footprints": bank.footprints,
         "calibration": bank.metadata.get("calibration", {}),
+        "swaps": swaps,
+        "swap_footprints": {
+            n: {r: f for r in rs if (f := bank.swap_footprint(n, r)) is not None}
+            for n, rs in swaps.items()
+        },
+        "rivals": bank.rivals,
     }
+
+
+def resolve_groups(
+    groups: list[list[str]] | None, labels: np.ndarray, names: list[str]
+) -> list[tuple[str, ...]]:
+    """The exclusive groups to fit swaps for: ``groups`` checked (VectorError names the
+    overlapping pair), or, when None, the default ones these labels have (the hair colours)."""
+    if groups is None:
+        return default_groups(labels, names)
+    return [check_group(labels, names, g, "--exclusive") for g in groups]
+
+
+@torch.inference_mode()
+def fit_swaps(
+    vae: ConceptVAE,
+    bank: VectorBank,
+    judge: Any,
+    cache: PreparedCache,
+    names: list[str],
+    held_idx: np.ndarray,
+    held_z: np.ndarray,
+    held_y: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    groups: list[tuple[str, ...]],
+    *,
+    n_faces: int = CONFIRM_FACES,
+    progress: bool = True,
+) -> VectorBank:
+    """``bank`` with swaps for its exclusive ``groups`` (:mod:`attributes.groups`).
+
+    Per group, a classifier of which label a latent shows is fitted on the train split. Per
+    label ``A`` of a group with a judge-calibrated vector and every rival ``R``, the swap
+    ``mean(z | A) - mean(z | R, not A)`` is calibrated (the local blend) on up to ``n_faces``
+    held-out faces that show ``R``, and the bank's own vector is measured at its strength 1
+    on the same faces; the swap is kept where it adds ``A`` to at least ``SWAP_GAIN`` more of
+    them. Each try is recorded in the calibration record of ``A`` (``swaps``: per rival its
+    success and leakage at 1, the plain vector's, and whether it was kept). Vectors,
+    strengths and footprints of the bank stay as they are.
+    """
+    from conceptvae.calibration import EditProbe, footprint_weight, independent_columns, redraw_of
+
+    meta = bank.metadata
+    records = meta.get("calibration", {})
+    judged = [n for n in judge.judged(0.90) if n in names]
+    classifiers, swaps, fps = [], {}, {}
+    todo = [(members, a) for members in groups for a in members]
+    bar = tqdm(total=len(todo), desc="swaps", unit="label", disable=not progress, leave=False)
+    with bar:
+        for members in groups:
+            classifiers.append(GroupClassifier.fit(z, y, names, members))
+            found = swap_vectors(z, y, names, members, min_faces=MIN_SWAP_FACES)
+            for a in members:
+                bar.update(1)
+                record = records.get(a) or {}
+                if a not in found or record.get("scale") != "judge" or a not in bank.footprints:
+                    continue
+                t, col = names.index(a), judge.names.index(a)
+                plain = torch.as_tensor(np.array(bank[a], dtype=np.float32))
+                w_plain = footprint_weight(bank.footprints[a])
+                g_plain = redraw_of(records, a, "add")
+                others = independent_columns(judge, names, y, a, judged)
+                tried: dict[str, Any] = {}
+                for r, u in found[a].items():
+                    rows = np.flatnonzero((held_y[:, names.index(r)] == 1) & (held_y[:, t] == 0))
+                    if rows.size < MIN_SWAP_FACES:
+                        tried[r] = {
+                            "kept": False,
+                            "n_faces": int(rows.size),
+                            "reason": f"only {rows.size} held-out faces show {r}",
+                        }
+                        continue
+                    cal = calibrate(
+                        vae, judge, {a: u}, faces=cache.batch, held_idx=held_idx[rows],
+                        held_z=held_z[rows], held_labels=held_y[rows], names=names, train_z=z,
+                        train_labels=y, n_faces=n_faces, seed=2, progress=False,
+                    )  # fmt: skip
+                    add = cal["calibration"][a].get("add")
+                    if add is None:
+                        continue
+                    edited = rows[cal["probe_rows"][a]["add"]]
+                    probe = EditProbe(
+                        vae, judge, cache.batch(held_idx[edited]),
+                        torch.from_numpy(held_z[edited]).float(), target=col, others=others,
+                        adding=True, blend="local",
+                    )  # fmt: skip
+                    before = probe.at(plain, w_plain, g_plain)
+                    kept = add["success_at_1"] >= before["success"] + SWAP_GAIN
+                    tried[r] = {
+                        "kept": bool(kept),
+                        "n_faces": int(edited.size),
+                        "unit": cal["calibration"][a]["unit"],
+                        "add": add,
+                        "plain": {"success_at_1": before["success"],
+                                  "leakage_at_1": before["leakage"]},
+                    }  # fmt: skip
+                    if kept:
+                        swaps.setdefault(a, {})[r] = cal["vectors"][a]
+                        fps.setdefault(a, {})[r] = cal["footprints"][a]
+                if tried:
+                    records[a] = {**record, "swaps": json_safe(tried)}
+    meta["calibration"] = records
+    used = [g for g in classifiers if any(a in g.members for a in swaps)]
+    return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+                      footprints=bank.footprints, groups=used, swaps=swaps,
+                      swap_footprints=fps)  # fmt: skip
+
+
+def add_swaps(
+    vae: ConceptVAE,
+    bank: VectorBank,
+    judge: Any,
+    cache: PreparedCache,
+    run: str | os.PathLike | None = None,
+    *,
+    groups: list[list[str]] | None = None,
+    n_faces: int = CONFIRM_FACES,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> VectorBank:
+    """:func:`fit_swaps` for a bank already fitted (``conceptvae vectors --swaps-only``):
+    the latents of the train and held-out splits (cached in ``run``), the groups
+    (:func:`resolve_groups`), and the swaps, with the bank's vectors left as they are."""
+    names = list(cache.attr_names)
+    held = _heldout_split(cache)
+    if held is None:
+        raise DataError(f"{cache.path} has no valid or test split to calibrate swaps on")
+    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
+    idx, z = split_latents(vae, cache, "train", run, **common)
+    y = np.asarray(cache.labels[idx])
+    found = resolve_groups(groups, y, names)
+    if not found:
+        raise VectorError(
+            f"the labels of {cache.path} have no exclusive group: name one with --exclusive "
+            "(labels a face shows at most one of, such as hair colours)"
+        )
+    h_idx, h_z = split_latents(vae, cache, held, run, **common)
+    h_y = np.asarray(cache.labels[h_idx])
+    return fit_swaps(vae, bank, judge, cache, names, h_idx, h_z, h_y, z, y, found,
+                     n_faces=n_faces, progress=progress)  # fmt: skip
 
 
 def with_redraws(
@@ -478,7 +646,8 @@ def with_redraws(
             n_train=int(cache.split("train").size), n_faces=n_faces, progress=progress,
         )
     )  # fmt: skip
-    return VectorBank(cal["vectors"], metadata=meta, footprints=bank.footprints)
+    return VectorBank(cal["vectors"], metadata=meta, footprints=bank.footprints,
+                      **_swaps_of(bank))  # fmt: skip
 
 
 class _BlindJudge:
@@ -522,6 +691,7 @@ def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
             {n: new[n] for n in new.names},
             metadata={**meta, "vectors": info},
             footprints=new.footprints,
+            **_swaps_of(new),
         )
     vectors = {n: old[n] for n in old.names if n not in new}
     vectors.update({n: new[n] for n in new.names})
@@ -551,7 +721,28 @@ def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
         del out_meta["removal_scale"]
     footprints = {n: f for n, f in old.footprints.items() if n not in new}
     footprints.update(new.footprints)
-    return VectorBank(vectors, metadata=out_meta, footprints=footprints)
+    return VectorBank(vectors, metadata=out_meta, footprints=footprints, **_swaps_of(new, old))
+
+
+def _swaps_of(new: VectorBank, old: VectorBank | None = None) -> dict[str, Any]:
+    """``VectorBank``'s swap arguments for a merge: ``new``'s swaps, and ``old``'s for names
+    ``new`` has no vector of (with their groups, where ``new`` has none of the same labels)."""
+    groups, swaps = new.groups, new.swaps
+    fps = {n: {r: new.swap_footprint(n, r) for r in rs} for n, rs in swaps.items()}
+    if old is not None:
+        have = {frozenset(g.members) for g in groups}
+        for g in old.groups:
+            if frozenset(g.members) not in have:
+                groups.append(g)
+        for n, rs in old.swaps.items():
+            if n in new:
+                continue
+            if any(n in g.members and frozenset(g.members) in have for g in new.groups):
+                continue  # its group was refitted: the old swap would read a new classifier
+            swaps[n] = rs
+            fps[n] = {r: old.swap_footprint(n, r) for r in rs}
+    fps = {n: {r: f for r, f in rs.items() if f is not None} for n, rs in fps.items()}
+    return {"groups": groups, "swaps": swaps, "swap_footprints": fps}
 
 
 def load_bank(run: str | os.PathLike) -> VectorBank | None:
@@ -638,5 +829,36 @@ def describe_calibration(bank: VectorBank) -> str:
         lines.append(
             f"uncalibrated (latent scale, strength 1 = 1.5 x the class-mean gap): "
             f"{', '.join(latent)}"
+        )
+    swaps = describe_swaps(bank)
+    return "\n".join(lines + ([swaps] if swaps else []))
+
+
+def describe_swaps(bank: VectorBank) -> str:
+    """The swaps tried for ``bank``'s exclusive groups: per label and rival, adding at +1 on
+    held-out faces showing the rival, with the swap and with the label's own vector, and
+    whether the swap was kept. Empty when none were tried."""
+    cal: dict[str, Any] = bank.metadata.get("calibration", {})
+    rows = [(n, r, t) for n in bank.names for r, t in (cal.get(n, {}).get("swaps") or {}).items()]
+    if not rows:
+        return ""
+    groups = "; ".join(", ".join(g.members) for g in bank.groups) or "none kept"
+    lines = [
+        f"swaps (exclusive groups: {groups}): adding a label to faces that show another label "
+        "of its group, at +1",
+        f"{'add':<20} {'to faces with':<20} {'faces':>5} {'swap: success':>13} {'leak':>6} "
+        f"{'own vector: success':>19} {'leak':>6}  kept",
+    ]
+
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for n, r, t in rows:
+        add, plain = t.get("add") or {}, t.get("plain") or {}
+        kept = "yes" if t.get("kept") else f"no{' (' + t['reason'] + ')' if 'reason' in t else ''}"
+        lines.append(
+            f"{n:<20} {r:<20} {t.get('n_faces', 0):>5} {f(add.get('success_at_1'), '.0%'):>13} "
+            f"{f(add.get('leakage_at_1'), '.1%'):>6} {f(plain.get('success_at_1'), '.0%'):>19} "
+            f"{f(plain.get('leakage_at_1'), '.1%'):>6}  {kept}"
         )
     return "\n".join(lines)

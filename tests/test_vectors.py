@@ -243,6 +243,73 @@ def test_vectors_passes_its_face_counts_to_the_fit(data, monkeypatch, tmp_path):
     assert seen == [(150, 450), (200, V.CONFIRM_FACES)]
 
 
+def test_vectors_passes_its_exclusive_groups_to_the_fit(data, monkeypatch, tmp_path):
+    # each --exclusive is a group; "none" asks for no swaps; without it, the default (None)
+    seen = []
+
+    def fake_fit(vae, cache, run_dir, **kw):
+        seen.append(kw["groups"])
+        raise V.VectorError("stop here")
+
+    monkeypatch.setattr(V, "fit_vectors", fake_fit)
+    run_dir = fresh_run(data, tmp_path)
+    run("vectors", run_dir, data / "cache", "--exclusive", "Bright, Red", "--exclusive", "A,B")
+    run("vectors", run_dir, data / "cache", "--exclusive", "none")
+    run("vectors", run_dir, data / "cache")
+    assert seen == [[["Bright", "Red"], ["A", "B"]], [], None]
+
+
+def test_a_group_whose_labels_overlap_is_refused_before_any_encoding(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(
+        run("vectors", run_dir, data / "cache", "--exclusive", "Bright,Red"),
+        "--exclusive: Bright and Red are both on for", "leave one out",
+    )  # fmt: skip
+    assert not (run_dir / "latents").exists()  # refused before encoding a face
+    one_line_error(
+        run("vectors", run_dir, data / "cache", "--exclusive", "Bright,Blue"),
+        "--exclusive: 'Blue' is not a label of this data",
+    )
+
+
+def test_swaps_only_needs_a_bank_and_a_judge(data, tmp_path):
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(run("vectors", run_dir, data / "cache", "--swaps-only"),
+                   "has no vectors to add swaps to")  # fmt: skip
+    r = run("vectors", run_dir, data / "cache", "--swaps-only", "--no-calibrate")
+    assert r.exit_code != 0 and "--swaps-only calibrates swaps" in r.output
+
+
+def test_swaps_only_saves_the_swaps_and_keeps_the_vectors(data, monkeypatch, tmp_path):
+    """`--swaps-only` hands RUN's bank, the judge and the groups to add_swaps and saves what
+    it returns: the swaps are read back from RUN, the vectors byte for byte as they were."""
+    import conceptvae.evaluate as E
+    from attributes.groups import GroupClassifier
+
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    before = (run_dir / "vectors.safetensors").read_bytes()
+    seen = {}
+
+    def fake_add_swaps(vae, bank, judge, cache, run_dir, **kw):
+        seen.update(kw, judge=judge, names=bank.names)
+        clf = GroupClassifier(("Bright", "Red"), np.zeros((3, 8)), np.array([1.0, 0, 0]))
+        return VectorBank({n: bank[n] for n in bank.names}, metadata=bank.metadata,
+                          groups=[clf], swaps={"Red": {"Bright": np.full(8, 0.5)}})  # fmt: skip
+
+    monkeypatch.setattr(V, "add_swaps", fake_add_swaps)
+    monkeypatch.setattr(E, "load_or_train_judge", lambda run, cache, **kw: "the judge")
+    r = run("vectors", run_dir, data / "cache", "--swaps-only", "--exclusive", "Bright,Red",
+            "--confirm-faces", "300")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen["judge"] == "the judge" and seen["groups"] == [["Bright", "Red"]]
+    assert seen["n_faces"] == 300 and seen["names"] == ["Bright", "Red"]
+    assert "saved 1 swaps" in r.output and "vectors are unchanged" in r.output
+    back = VectorBank.load(run_dir)
+    assert back.swaps["Red"]["Bright"].tolist() == [0.5] * 8
+    assert (run_dir / "vectors.safetensors").read_bytes() == before
+
+
 def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
     run_dir = fresh_run(data, tmp_path)
     assert run("vectors", run_dir, data / "cache").exit_code == 0

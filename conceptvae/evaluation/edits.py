@@ -164,6 +164,7 @@ def evaluate(
     progress: bool = True,
     calibrated: bool = True,
     blends: Sequence[str] = ("local", "residual", "replace"),
+    groups: list[list[str]] | None = None,
 ) -> dict[str, Any]:
     """Measure concept-vector edits of ``vae`` with ``judge`` on the cache's test split (valid
     when there is no test split).
@@ -246,7 +247,7 @@ def evaluate(
     if calibrated and targets:
         result["calibrated"], result["calibrated_summary"] = _calibrated_edits(
             vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
-            ev.z, ev.idx, ev.labels, tr.z, tr.labels, split, n_faces, seed, progress,
+            ev.z, ev.idx, ev.labels, tr.z, tr.labels, split, n_faces, seed, progress, groups,
         )  # fmt: skip
     result["summary"] = _summary(result["edits"], methods)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -536,12 +537,16 @@ def _summary(edits: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
 
 def _calibrated_edits(
     vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
-    z_eval, eval_idx, y_eval, z_train, y_train, split, n_faces, seed, progress,
+    z_eval, eval_idx, y_eval, z_train, y_train, split, n_faces, seed, progress, groups=None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Calibrate each method on the valid split, then add and remove every target at +/-1 on
-    the evaluated split, per blend."""
+    the evaluated split, per blend. The labels of exclusive ``groups`` (default: the hair
+    colours where the labels have them) get each method's swaps, as ``conceptvae vectors``
+    fits them (:func:`conceptvae.vectors.fit_swaps`)."""
+    from attributes.bank import VectorBank
     from conceptvae.calibration import calibrate, measure_edits
     from conceptvae.calibration import occluded as hidden_by
+    from conceptvae.vectors import bank_calibration, fit_swaps, resolve_groups
 
     if split == "valid" or cache.split("valid").size == 0:
         return {"note": "no valid split besides the evaluated one to calibrate on"}, []
@@ -549,12 +554,19 @@ def _calibrated_edits(
     y_v = np.asarray(cache.labels[v_idx])
     hidden = hidden_by(judge, cache.batch, v_idx, y_v, names, judged)
     out: dict[str, Any] = {a: {"hidden": hidden.get(a, []), "methods": {}} for a in targets}
+    found = [g for g in resolve_groups(groups, y_train, names) if set(g) & set(targets)]
     for m in methods:
         cal = calibrate(
             vae, judge, {a: vectors[m][a] for a in targets}, faces=cache.batch,
             held_idx=v_idx, held_z=z_v, held_labels=y_v, names=names, train_z=z_train,
             train_labels=y_train, n_faces=n_faces, seed=seed, progress=progress,
         )  # fmt: skip
+        if found:
+            meta = {"calibration": cal["calibration"], "removal_scale": cal["removal_scale"]}
+            bank = VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
+            bank = fit_swaps(vae, bank, judge, cache, names, v_idx, z_v, y_v, z_train, y_train,
+                             found, n_faces=n_faces, progress=False)  # fmt: skip
+            cal = {**cal, **bank_calibration(bank)}
         for a in targets:
             res = measure_edits(
                 vae, judge, cal, a, faces=cache.batch, idx=eval_idx, z=z_eval, labels=y_eval,
@@ -566,6 +578,15 @@ def _calibrated_edits(
                 k: rec.get(k) for k in ("scale", "unit", "footprint_area", "footprint_peak")
             }
             res["calibration"]["removal_scale"] = cal["removal_scale"][a]
+            if rec.get("swaps"):  # each rival's swap: tried, kept or not
+                res["calibration"]["swaps"] = {
+                    r: {k: v for k, v in t.items() if k != "add"}
+                    | {
+                        "success_at_1": (t.get("add") or {}).get("success_at_1"),
+                        "leakage_at_1": (t.get("add") or {}).get("leakage_at_1"),
+                    }
+                    for r, t in rec["swaps"].items()
+                }
             for d in ("add", "remove"):
                 r = rec.get(d)
                 if r is not None:
