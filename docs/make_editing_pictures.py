@@ -4,7 +4,9 @@ Run from the repository root after the shipped model exists:
 ``.venv/bin/python docs/make_editing_pictures.py``. It renders four non-smiling SynthFaces (seed 7,
 not the training seed), pastes them into 640 x 520 scenes (scaled 2.2x, tilted 8 degrees), runs
 ``conceptvae edit`` (an edit and a sweep), ``conceptvae interpolate`` and ``conceptvae grid``
-on them with the shipped ``synthfaces64`` model, and writes small PNGs to docs/editing/.
+on them with the shipped ``synthfaces64`` model, and writes small PNGs to docs/editing/; and
+hair.png: Brown_Hair added to three faces of other hair colours, with and without the shipped
+swaps (through ``EditPipeline``).
 """
 
 from __future__ import annotations
@@ -83,7 +85,45 @@ def main() -> None:
         cli("grid", "synthfaces64", scenes[0], "--x", "Smiling=-2:2:5", "--y", "Male=-2:2:5",
             "-o", out / "plane.png")  # fmt: skip
         shrink(out / "plane.png", OUT / "plane.png", 600)
+        hair_swaps(tmp)
     print(f"wrote {OUT}")
+
+
+def hair_swaps(tmp: Path) -> None:
+    """docs/editing/hair.png: Brown_Hair added at +1 to a blond, a black-haired and a grey-haired
+    face, with the brown-hair vector alone and with the shipped swaps."""
+    from PIL import ImageDraw
+
+    from attributes.bank import VectorBank
+    from conceptvae.edit import EditPipeline
+
+    pipe = EditPipeline.from_pretrained("synthfaces64")
+    swaps = pipe.bank
+    plain = VectorBank({n: swaps[n] for n in swaps.names}, metadata=swaps.metadata,
+                       footprints=swaps.footprints)  # fmt: skip
+    rows = []
+    for colour in ("Blond_Hair", "Black_Hair", "Gray_Hair"):
+        params = (sample_params(SEED, i, 2000) for i in range(2000))  # grey hair is rare
+        p = next(p for p in params if p.attrs[colour] and not (p.attrs["Wearing_Hat"]
+                                                                or p.attrs["Blurry"]))  # fmt: skip
+        face, _ = render_face(p)
+        scene = Image.fromarray(demo._place(np.asarray(face), *SIZE))
+        cells = [scene]
+        for bank in (plain, swaps):
+            pipe.bank = bank
+            cells.append(pipe(scene, "Brown_Hair", 1.0))
+        w, h = SIZE
+        box = (w // 2 - 240, 0, w // 2 + 240, h)  # the face and its hair
+        rows.append([c.crop(box).resize((190, 206), Image.Resampling.LANCZOS) for c in cells])
+    top = 22
+    sheet = Image.new("RGB", (3 * 190 + 2 * 6, top + 3 * 206 + 2 * 6), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, title in enumerate(("photo", "Brown_Hair: one vector", "Brown_Hair: swap")):
+        draw.text((k * 196 + 6, 5), title, fill="black")
+    for r, cells in enumerate(rows):
+        for k, cell in enumerate(cells):
+            sheet.paste(cell, (k * 196, top + r * 212))
+    sheet.save(OUT / "hair.png", optimize=True)
 
 
 if __name__ == "__main__":
