@@ -581,6 +581,24 @@ def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _groups(exclusive: tuple[str, ...]) -> list[list[str]] | None:
+    """``--exclusive`` values as groups: None (the default groups) when not given, [] for
+    "none"."""
+    if not exclusive:
+        return None
+    if [e.strip().lower() for e in exclusive] == ["none"]:
+        return []
+    return [_names(e) or [] for e in exclusive]
+
+
+_EXCLUSIVE_HELP = (
+    "Comma-separated labels a face shows at most one of (hair colours): adding one to a face "
+    "that shows another uses a calibrated swap between the two. Repeat for more groups; 'none' "
+    "for no swaps. [default: Black_Hair,Blond_Hair,Brown_Hair,Gray_Hair (with Bald where it is "
+    "exclusive with them) where the labels have them]"
+)
+
+
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path(), required=False)
@@ -621,14 +639,7 @@ def _names(value: str | None) -> list[str] | None:
     help="With --method best: held-out faces per attribute and direction for the chosen "
     "vectors' second calibration, which sets their strengths (at least --calibration-faces).",
 )
-@click.option(
-    "--exclusive",
-    multiple=True,
-    help="Comma-separated labels a face shows at most one of (hair colours): adding one to a "
-    "face that shows another uses a calibrated swap between the two. Repeat for more groups; "
-    "'none' for no swaps. [default: Black_Hair,Blond_Hair,Brown_Hair,Gray_Hair where the "
-    "labels have them]",
-)
+@click.option("--exclusive", multiple=True, help=_EXCLUSIVE_HELP)
 @click.option(
     "--swaps-only",
     is_flag=True,
@@ -701,12 +712,7 @@ def vectors(
             click.echo("")
             click.echo(report.read_text(encoding="utf-8").rstrip())
         return
-    groups: list[list[str]] | None = None
-    if exclusive:
-        if [e.strip().lower() for e in exclusive] == ["none"]:
-            groups = []
-        else:
-            groups = [_names(e) or [] for e in exclusive]
+    groups = _groups(exclusive)
     pair = positive is not None or negative is not None
     if swaps_only and (pair or not calibrate or replace or groups == []):
         raise click.UsageError(
@@ -1053,12 +1059,13 @@ def grid_command(
 @click.option("--cache", type=click.Path(file_okay=False),
               help="Where a raw dataset is prepared [default: -o's name + -cache, beside "
                    "it].")  # fmt: skip
+@click.option("--exclusive", multiple=True, help=_EXCLUSIVE_HELP)
 @device_option
 @force_option("a non-empty report folder")
 def evaluate_command(
     run: str, data: str, output: str, attributes: str | None, methods: str, strengths: str,
-    n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None, device: str,
-    force: bool,
+    n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None,
+    exclusive: tuple[str, ...], device: str, force: bool,
 ) -> None:  # fmt: skip
     """Measure how well the concept vectors of RUN edit the test faces of DATA.
 
@@ -1095,6 +1102,7 @@ def evaluate_command(
     result = E.evaluate(
         vae, c, latents, judge, methods=[m.strip() for m in methods.split(",") if m.strip()],
         strengths=values, attributes=_names(attributes), n_faces=n_faces,
+        groups=_groups(exclusive),
     )  # fmt: skip
     E.write_report(result, output, force=force)
     for line in _evaluate_summary(result):

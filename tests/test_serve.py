@@ -478,3 +478,35 @@ def test_serve_command_refuses_a_port_in_use():
     assert r.exit_code == 1
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and f"cannot serve on 127.0.0.1:{port}" in lines[0]
+
+
+def test_an_edit_in_the_browser_uses_the_face_s_swap(run_dir, photo, tmp_path):
+    """A bank whose classifier puts the face in Smiling's class, with a swap adding Male to
+    such faces: the served edit is the swap's (as `conceptvae edit` makes it), not Male's."""
+    from attributes.bank import VectorBank
+    from attributes.groups import GroupClassifier
+
+    out = {}
+    for label in ("plain", "swap"):
+        pipe = EditPipeline.from_pretrained(run_dir)
+        b, d = pipe.bank, pipe.bank.dim
+        if label == "swap":
+            clf = GroupClassifier(("Smiling", "Male"), np.zeros((3, d)), np.array([5.0, 0, 0]))
+            pipe.bank = VectorBank({n: b[n] for n in b.names}, metadata=b.metadata,
+                                   footprints=b.footprints, groups=[clf],
+                                   swaps={"Male": {"Smiling": np.full(d, 3.0)}})  # fmt: skip
+        c = TestClient(create_app(pipe, threads=1))
+        pid = upload(c, png_bytes(photo), "me.png").json()["id"]
+        r = c.post(
+            f"/api/photos/{pid}/edit", json={"edit": "Male", "size": "full", "format": "png"}
+        )
+        assert r.status_code == 200, r.text
+        out[label] = decode(r.content).astype(int)
+        (tmp_path / "me.png").write_bytes(png_bytes(photo))
+        out[label + "_cli"] = np.asarray(pipe(pipe.prepare(tmp_path / "me.png"), "Male")).astype(
+            int
+        )
+    assert np.abs(out["swap"] - out["plain"]).max() > 30  # a different step, clearly
+    for label in ("plain", "swap"):
+        diff = np.abs(out[label] - out[label + "_cli"])
+        assert diff.mean() < 0.02 and diff.max() <= 12
