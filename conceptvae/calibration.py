@@ -665,11 +665,20 @@ def problems(record: dict[str, Any]) -> list[str]:
                 best = max(r["curve"]["success"]) if r["curve"]["success"] else 0.0
                 # one decimal where whole percents would round up to the target (97.5% vs 98%)
                 spec = ".1%" if round(100 * best) >= round(100 * record["target"]) else ".0%"
-                out.append(
+                text = (
                     f"{'adding' if d == 'add' else 'removing'} it reaches only {best:{spec}} of "
                     f"faces (target {record['target']:.0%}): strength 1 is the least step within "
                     f"{100 * NEAR_BEST:.0f} points of that; expect it to fail on some faces"
                 )
+                kept = {r: t for r, t in (record.get("swaps") or {}).items() if t.get("kept")}
+                if d == "add" and kept:  # the faces the vector fails on may get a swap
+                    got = [round(100 * t["add"]["success_at_1"]) for t in kept.values()]
+                    span = f"{min(got)}%" + ("" if min(got) == max(got) else f"-{max(got)}%")
+                    text += (
+                        f"; faces showing {', '.join(kept)} get a swap instead, which adds it "
+                        f"to {span} of them"
+                    )
+                out.append(text)
     return out
 
 

@@ -576,6 +576,10 @@ def fit_swaps(
                 if tried:
                     records[a] = {**record, "swaps": json_safe(tried)}
     meta["calibration"] = records
+    flagged = meta.get("problems") or {}
+    for a in set(swaps) & set(flagged):  # a flag saying adding fails: now with its swaps
+        said = {p.split(":")[0]: p for p in calibration_problems(records[a])}
+        flagged[a] = [said.get(p.split(":")[0], p) for p in flagged[a]]
     used = [g for g in classifiers if any(a in g.members for a in swaps)]
     return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
                       footprints=bank.footprints, groups=used, swaps=swaps,

@@ -21,7 +21,7 @@ from attributes.groups import (
     group_class,
     swap_vectors,
 )
-from conceptvae.calibration import calibrate, measure_edits
+from conceptvae.calibration import calibrate, measure_edits, problems
 from conceptvae.edit import EditPipeline
 from conceptvae.vectors import bank_calibration, fit_swaps, merge_banks, resolve_groups
 
@@ -269,7 +269,11 @@ def planted_swaps():
     common = dict(names=NAMES, train_z=z, train_labels=y)
     cal = calibrate(vae, judge, raw, faces=cache.batch, held_idx=np.arange(len(hz)), held_z=hz,
                     held_labels=hy, progress=False, **common)  # fmt: skip
-    meta = {"calibration": cal["calibration"], "removal_scale": cal["removal_scale"]}
+    meta = {
+        "calibration": cal["calibration"],
+        "removal_scale": cal["removal_scale"],
+        "problems": {"Mid": ["a note of its own", *problems(cal["calibration"]["Mid"])]},
+    }
     plain = VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
     held = (np.arange(len(hz)), hz, hy)
     swapped = fit_swaps(vae, plain, judge, cache, NAMES, *held, z, y, [tuple(NAMES)],
@@ -292,8 +296,15 @@ def test_fit_swaps_keeps_the_swap_the_plain_vector_fails_and_not_the_one_it_does
     step = p.swapped.swaps["Mid"]["Light"]
     # calibrated: a step that takes every Light face (z0 1.7 to 2.3) into Mid (-1 to 1)
     assert -2.7 < step[0] < -1.3 and abs(step[1]) < 0.2
-    # the plain vector was never calibrated to reach the target: it cannot
+    # the plain vector was never calibrated to reach the target: it cannot. Its flag says so,
+    # and now also which faces get a swap instead
     assert not p.plain.metadata["calibration"]["Mid"]["add"]["reached"]
+    before, after = p.plain.metadata["problems"]["Mid"], p.swapped.metadata["problems"]["Mid"]
+    assert before[0] == after[0] == "a note of its own" and len(after) == 2
+    assert before[1].startswith("adding it reaches only 67% of faces") and "swap" not in before[1]
+    assert after[1].startswith(before[1]) and after[1].endswith(
+        "; faces showing Light get a swap instead, which adds it to 100% of them"
+    )
 
 
 def test_measured_success_of_adding_counts_each_face_s_own_swap(planted_swaps):
