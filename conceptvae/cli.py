@@ -640,6 +640,9 @@ _EXCLUSIVE_HELP = (
     "vectors' second calibration, which sets their strengths (at least --calibration-faces).",
 )
 @click.option("--exclusive", multiple=True, help=_EXCLUSIVE_HELP)
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
+              help="A trained judge to calibrate with, as it is [default: RUN/judge when it "
+                   "was trained on DATA, else one trained there].")  # fmt: skip
 @click.option(
     "--swaps-only",
     is_flag=True,
@@ -666,6 +669,7 @@ def vectors(
     calibration_faces: int,
     confirm_faces: int,
     exclusive: tuple[str, ...],
+    judge_dir: str | None,
     swaps_only: bool,
     show: bool,
     batch_size: int,
@@ -755,8 +759,10 @@ def vectors(
         c = open_or_prepare(source, cache_dir, size, labels=given, crop=crop, workers=workers)
 
         def judge_factory():
-            from conceptvae.evaluate import load_or_train_judge
+            from conceptvae.evaluate import Judge, load_or_train_judge
 
+            if judge_dir is not None:  # the judge given, as it is
+                return Judge.load(judge_dir, device=vae.device)
             click.echo("the attribute judge calibrates strengths (trained once, kept in "
                        f"{run_dir / 'judge'})", err=True)  # fmt: skip
             return load_or_train_judge(run_dir, c, device=vae.device)

@@ -581,6 +581,14 @@ def fit_swaps(
         said = {p.split(":")[0]: p for p in calibration_problems(records[a])}
         flagged[a] = [said.get(p.split(":")[0], p) for p in flagged[a]]
     used = [g for g in classifiers if any(a in g.members for a in swaps)]
+    # the bank's own swaps of groups not refitted here stay, with their classifiers
+    refit = {a for g in groups for a in g}
+    for g in bank.groups:
+        if not set(g.members) & refit:
+            used.append(g)
+            for a in set(g.members) & set(bank.swaps):
+                swaps[a] = bank.swaps[a]
+                fps[a] = {r: f for r in swaps[a] if (f := bank.swap_footprint(a, r)) is not None}
     return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
                       footprints=bank.footprints, groups=used, swaps=swaps,
                       swap_footprints=fps)  # fmt: skip

@@ -279,7 +279,7 @@ def planted_swaps():
     swapped = fit_swaps(vae, plain, judge, cache, NAMES, *held, z, y, [tuple(NAMES)],
                         progress=False)  # fmt: skip
     return SimpleNamespace(vae=vae, judge=judge, cache=cache, plain=plain, swapped=swapped,
-                           hz=hz, hy=hy, y=y)  # fmt: skip
+                           hz=hz, hy=hy, z=z, y=y)  # fmt: skip
 
 
 def test_fit_swaps_keeps_the_swap_the_plain_vector_fails_and_not_the_one_it_does_not(
@@ -296,6 +296,11 @@ def test_fit_swaps_keeps_the_swap_the_plain_vector_fails_and_not_the_one_it_does
     step = p.swapped.swaps["Mid"]["Light"]
     # calibrated: a step that takes every Light face (z0 1.7 to 2.3) into Mid (-1 to 1)
     assert -2.7 < step[0] < -1.3 and abs(step[1]) < 0.2
+    # fitting swaps for other groups (here none) keeps the ones the bank has
+    again = fit_swaps(p.vae, p.swapped, p.judge, p.cache, NAMES, np.arange(len(p.hz)), p.hz,
+                      p.hy, p.z, p.y, [], progress=False)  # fmt: skip
+    assert again.swaps["Mid"]["Light"].tobytes() == step.tobytes()
+    assert [g.members for g in again.groups] == [tuple(NAMES)]
     # the plain vector was never calibrated to reach the target: it cannot. Its flag says so,
     # and now also which faces get a swap instead
     assert not p.plain.metadata["calibration"]["Mid"]["add"]["reached"]

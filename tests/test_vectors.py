@@ -328,6 +328,24 @@ def test_swaps_only_saves_the_swaps_and_keeps_the_vectors(data, monkeypatch, tmp
     assert (run_dir / "vectors.safetensors").read_bytes() == before
 
 
+def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):
+    """--judge DIR is loaded as it is (never retrained); a folder with no judge is named."""
+    import conceptvae.evaluate as E
+
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    one_line_error(run("vectors", run_dir, data / "cache", "--swaps-only", "--judge",
+                       tmp_path / "nojudge"), "nojudge")  # fmt: skip
+    seen = {}
+    monkeypatch.setattr(E.Judge, "load", classmethod(lambda cls, d, **kw: f"judge of {d}"))
+    monkeypatch.setattr(E, "load_or_train_judge", lambda *a, **kw: pytest.fail("trained"))
+    monkeypatch.setattr(V, "add_swaps", lambda vae, bank, judge, *a, **kw: seen.update(
+        judge=judge) or bank)  # fmt: skip
+    r = run("vectors", run_dir, data / "cache", "--swaps-only", "--judge", tmp_path / "j")
+    assert r.exit_code == 0, r.output
+    assert seen["judge"] == f"judge of {tmp_path / 'j'}"
+
+
 def test_positive_and_negative_folders_add_a_named_vector(data, tmp_path):
     run_dir = fresh_run(data, tmp_path)
     assert run("vectors", run_dir, data / "cache").exit_code == 0
