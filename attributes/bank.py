@@ -399,20 +399,8 @@ class VectorBank:
             key = self._lookup.get(str(name).lower())
             if key is None:
                 raise VectorError(f"a footprint is given for {name!r}, which has no vector")
-            arr = np.asarray(fp, dtype=np.float32)
-            if arr.ndim != 2 or min(arr.shape) < 1:
-                raise VectorError(
-                    f"the footprint of {name!r} has shape {arr.shape}: it must be an (H, W) map"
-                )
-            if out and arr.shape != next(iter(out.values())).shape:
-                raise VectorError(
-                    f"the footprint of {name!r} is {arr.shape}, unlike the others: one shape each"
-                )
-            if not np.isfinite(arr).all() or (arr < 0).any():
-                raise VectorError(f"the footprint of {name!r} has negative or non-finite values")
-            arr = arr.copy()
-            arr.setflags(write=False)
-            out[key] = arr
+            shape = next(iter(out.values())).shape if out else None
+            out[key] = _footprint_map(fp, f"the footprint of {name!r}", shape)
         return out
 
     def _check_swaps(self, groups, swaps, swap_fps):
@@ -450,19 +438,8 @@ class VectorBank:
                 out.setdefault(key, {})[rival] = arr
                 fp = (swap_fps.get(name) or {}).get(rival)
                 if fp is not None:
-                    fp = np.array(fp, dtype=np.float32)
-                    if fp.ndim != 2 or (shape is not None and fp.shape != shape):
-                        raise VectorError(
-                            f"the footprint of the swap of {key} from {rival} is {fp.shape}: "
-                            "it must be an (H, W) map like the vectors' footprints"
-                        )
-                    if not np.isfinite(fp).all() or (fp < 0).any():
-                        raise VectorError(
-                            f"the footprint of the swap of {key} from {rival} has negative or "
-                            "non-finite values"
-                        )
-                    fp.setflags(write=False)
-                    fps.setdefault(key, {})[rival] = fp
+                    what = f"the footprint of the swap of {key} from {rival}"
+                    fps.setdefault(key, {})[rival] = _footprint_map(fp, what, shape)
         return groups, out, fps
 
     @property
@@ -476,6 +453,11 @@ class VectorBank:
         strength 1), for the names whose adding depends on which label of their exclusive
         group a face shows. Read-only arrays."""
         return {n: dict(r) for n, r in self._swaps.items()}
+
+    @property
+    def swap_footprints(self) -> dict[str, dict[str, np.ndarray]]:
+        """name -> rival -> (H, W) footprint of that swap, for the swaps that have one."""
+        return {n: dict(r) for n, r in self._swap_fps.items()}
 
     def swap_footprint(self, name: str, rival: str) -> np.ndarray | None:
         """The footprint of the swap of ``name`` from ``rival`` (None when it has none)."""
@@ -892,6 +874,21 @@ class VectorBank:
         if model_hash is not None:
             bank.check_model(model_hash)
         return bank
+
+
+def _footprint_map(fp: Any, what: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """``fp`` as a read-only float32 copy, checked to be an (H, W) map of non-negative finite
+    values (of ``shape`` when given, the bank's other footprints'); VectorError names
+    ``what``."""
+    arr = np.array(fp, dtype=np.float32)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise VectorError(f"{what} has shape {arr.shape}: it must be an (H, W) map")
+    if shape is not None and arr.shape != shape:
+        raise VectorError(f"{what} is {arr.shape}, unlike the others: one shape each")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise VectorError(f"{what} has negative or non-finite values")
+    arr.setflags(write=False)
+    return arr
 
 
 def _plain(obj: Any) -> Any:

@@ -251,11 +251,10 @@ class EditPipeline:
             self._weights_of = self.bank
         out = []
         for i, t in enumerate(terms):
-            key: Any = t.name
-            fp = self.bank.footprints[t.name]
-            if i in swapped and self.bank.swap_footprint(t.name, swapped[i]) is not None:
-                key, fp = (t.name, swapped[i]), self.bank.swap_footprint(t.name, swapped[i])
+            own = self.bank.swap_footprint(t.name, swapped[i]) if i in swapped else None
+            key = t.name if own is None else (t.name, swapped[i])
             if key not in self._weights:
+                fp = self.bank.footprints[t.name] if own is None else own
                 self._weights[key] = footprint_weight(fp)
             out.append(self._weights[key])
         return out

@@ -31,7 +31,14 @@ from attributes.groups import (
 )
 from attributes.report import Report, quality_report
 from conceptvae._fs import atomic_write, atomic_write_json, atomic_write_text, json_safe
-from conceptvae.calibration import calibrate, choose_redraws
+from conceptvae.calibration import (
+    EditProbe,
+    calibrate,
+    choose_redraws,
+    footprint_weight,
+    independent_columns,
+    redraw_of,
+)
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
@@ -468,10 +475,7 @@ def bank_calibration(bank: VectorBank) -> dict[str, Any]:
         "footprints": bank.footprints,
         "calibration": bank.metadata.get("calibration", {}),
         "swaps": swaps,
-        "swap_footprints": {
-            n: {r: f for r in rs if (f := bank.swap_footprint(n, r)) is not None}
-            for n, rs in swaps.items()
-        },
+        "swap_footprints": bank.swap_footprints,
         "rivals": bank.rivals,
     }
 
@@ -484,6 +488,61 @@ def resolve_groups(
     if groups is None:
         return default_groups(labels, names)
     return [check_group(labels, names, g, "--exclusive") for g in groups]
+
+
+@torch.inference_mode()
+def calibrate_swaps(
+    vae: ConceptVAE,
+    judge: Any,
+    cache: PreparedCache,
+    names: list[str],
+    held_idx: np.ndarray,
+    held_z: np.ndarray,
+    held_y: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    groups: list[tuple[str, ...]],
+    labels: set[str],
+    *,
+    n_faces: int = CONFIRM_FACES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The part of :func:`fit_swaps` that does not depend on the bank, so that several banks
+    of one model (``evaluate``'s methods) share it: per group its classifier, and per label of
+    ``labels`` in it and rival ``R``, the swap calibrated on up to ``n_faces`` held-out faces
+    that show ``R`` (or why not: too few faces). Returns ``{"classifiers": [...], "tried":
+    {A: {R: {"cal": calibrate's output, "edited": the held-out rows it edited} or {"kept":
+    False, "n_faces", "reason"}}}}``."""
+    classifiers, tried = [], {}
+    todo = [a for members in groups for a in members if a in labels]
+    bar = tqdm(total=len(todo), desc="swaps", unit="label", disable=not progress, leave=False)
+    with bar:
+        for members in groups:
+            classifiers.append(GroupClassifier.fit(z, y, names, members))
+            found = swap_vectors(z, y, names, members, min_faces=MIN_SWAP_FACES)
+            for a in members:
+                if a not in labels:
+                    continue
+                bar.update(1)
+                t = names.index(a)
+                for r, u in found.get(a, {}).items():
+                    rows = np.flatnonzero((held_y[:, names.index(r)] == 1) & (held_y[:, t] == 0))
+                    if rows.size < MIN_SWAP_FACES:
+                        tried.setdefault(a, {})[r] = {
+                            "kept": False,
+                            "n_faces": int(rows.size),
+                            "reason": f"only {rows.size} held-out faces show {r}",
+                        }
+                        continue
+                    cal = calibrate(
+                        vae, judge, {a: u}, faces=cache.batch, held_idx=held_idx[rows],
+                        held_z=held_z[rows], held_labels=held_y[rows], names=names, train_z=z,
+                        train_labels=y, n_faces=n_faces, seed=2, progress=False,
+                    )  # fmt: skip
+                    if cal["calibration"][a].get("add") is not None:
+                        edited = rows[cal["probe_rows"][a]["add"]]
+                        tried.setdefault(a, {})[r] = {"cal": cal, "edited": edited}
+    return {"classifiers": classifiers, "tried": tried}
 
 
 @torch.inference_mode()
@@ -502,6 +561,7 @@ def fit_swaps(
     *,
     n_faces: int = CONFIRM_FACES,
     progress: bool = True,
+    calibrated: dict[str, Any] | None = None,
 ) -> VectorBank:
     """``bank`` with swaps for its exclusive ``groups`` (:mod:`attributes.groups`).
 
@@ -512,83 +572,64 @@ def fit_swaps(
     on the same faces; the swap is kept where it adds ``A`` to at least ``SWAP_GAIN`` more of
     them. Each try is recorded in the calibration record of ``A`` (``swaps``: per rival its
     success and leakage at 1, the plain vector's, and whether it was kept). Vectors,
-    strengths and footprints of the bank stay as they are.
+    strengths and footprints of the bank stay as they are. ``calibrated``:
+    :func:`calibrate_swaps`' output for these groups, when it is already at hand.
     """
-    from conceptvae.calibration import EditProbe, footprint_weight, independent_columns, redraw_of
-
     meta = bank.metadata
     records = meta.get("calibration", {})
+    wanted = {a for members in groups for a in members if a in bank.footprints
+              and (records.get(a) or {}).get("scale") == "judge"}  # fmt: skip
+    if calibrated is None:
+        calibrated = calibrate_swaps(
+            vae, judge, cache, names, held_idx, held_z, held_y, z, y, groups, wanted,
+            n_faces=n_faces, progress=progress,
+        )  # fmt: skip
     judged = [n for n in judge.judged(0.90) if n in names]
-    classifiers, swaps, fps = [], {}, {}
-    todo = [(members, a) for members in groups for a in members]
-    bar = tqdm(total=len(todo), desc="swaps", unit="label", disable=not progress, leave=False)
-    with bar:
-        for members in groups:
-            classifiers.append(GroupClassifier.fit(z, y, names, members))
-            found = swap_vectors(z, y, names, members, min_faces=MIN_SWAP_FACES)
-            for a in members:
-                bar.update(1)
-                record = records.get(a) or {}
-                if a not in found or record.get("scale") != "judge" or a not in bank.footprints:
-                    continue
-                t, col = names.index(a), judge.names.index(a)
-                plain = torch.as_tensor(np.array(bank[a], dtype=np.float32))
-                w_plain = footprint_weight(bank.footprints[a])
-                g_plain = redraw_of(records, a, "add")
-                others = independent_columns(judge, names, y, a, judged)
-                tried: dict[str, Any] = {}
-                for r, u in found[a].items():
-                    rows = np.flatnonzero((held_y[:, names.index(r)] == 1) & (held_y[:, t] == 0))
-                    if rows.size < MIN_SWAP_FACES:
-                        tried[r] = {
-                            "kept": False,
-                            "n_faces": int(rows.size),
-                            "reason": f"only {rows.size} held-out faces show {r}",
-                        }
-                        continue
-                    cal = calibrate(
-                        vae, judge, {a: u}, faces=cache.batch, held_idx=held_idx[rows],
-                        held_z=held_z[rows], held_labels=held_y[rows], names=names, train_z=z,
-                        train_labels=y, n_faces=n_faces, seed=2, progress=False,
-                    )  # fmt: skip
-                    add = cal["calibration"][a].get("add")
-                    if add is None:
-                        continue
-                    edited = rows[cal["probe_rows"][a]["add"]]
-                    probe = EditProbe(
-                        vae, judge, cache.batch(held_idx[edited]),
-                        torch.from_numpy(held_z[edited]).float(), target=col, others=others,
-                        adding=True, blend="local",
-                    )  # fmt: skip
-                    before = probe.at(plain, w_plain, g_plain)
-                    kept = add["success_at_1"] >= before["success"] + SWAP_GAIN
-                    tried[r] = {
-                        "kept": bool(kept),
-                        "n_faces": int(edited.size),
-                        "unit": cal["calibration"][a]["unit"],
-                        "add": add,
-                        "plain": {"success_at_1": before["success"],
-                                  "leakage_at_1": before["leakage"]},
-                    }  # fmt: skip
-                    if kept:
-                        swaps.setdefault(a, {})[r] = cal["vectors"][a]
-                        fps.setdefault(a, {})[r] = cal["footprints"][a]
-                if tried:
-                    records[a] = {**record, "swaps": json_safe(tried)}
+    swaps, fps = {}, {}
+    for a in (a for members in groups for a in members if a in wanted):
+        plain = torch.as_tensor(np.array(bank[a], dtype=np.float32))
+        w_plain = footprint_weight(bank.footprints[a])
+        g_plain = redraw_of(records, a, "add")
+        others = independent_columns(judge, names, y, a, judged)
+        tried: dict[str, Any] = {}
+        for r, c in calibrated["tried"].get(a, {}).items():
+            if "cal" not in c:  # too few faces show the rival
+                tried[r] = c
+                continue
+            cal, edited = c["cal"], c["edited"]
+            add = cal["calibration"][a]["add"]
+            probe = EditProbe(
+                vae, judge, cache.batch(held_idx[edited]),
+                torch.from_numpy(held_z[edited]).float(), target=judge.names.index(a),
+                others=others, adding=True, blend="local",
+            )  # fmt: skip
+            before = probe.at(plain, w_plain, g_plain)
+            kept = add["success_at_1"] >= before["success"] + SWAP_GAIN
+            tried[r] = {
+                "kept": bool(kept),
+                "n_faces": int(edited.size),
+                "unit": cal["calibration"][a]["unit"],
+                "add": add,
+                "plain": {"success_at_1": before["success"], "leakage_at_1": before["leakage"]},
+            }
+            if kept:
+                swaps.setdefault(a, {})[r] = cal["vectors"][a]
+                fps.setdefault(a, {})[r] = cal["footprints"][a]
+        if tried:
+            records[a] = {**records[a], "swaps": json_safe(tried)}
     meta["calibration"] = records
     flagged = meta.get("problems") or {}
     for a in set(swaps) & set(flagged):  # a flag saying adding fails: now with its swaps
         said = {p.split(":")[0]: p for p in calibration_problems(records[a])}
         flagged[a] = [said.get(p.split(":")[0], p) for p in flagged[a]]
-    used = [g for g in classifiers if any(a in g.members for a in swaps)]
+    used = [g for g in calibrated["classifiers"] if any(a in g.members for a in swaps)]
     # the bank's own swaps of groups not refitted here stay, with their classifiers
     refit = {a for g in groups for a in g}
     for g in bank.groups:
         if not set(g.members) & refit:
             used.append(g)
             for a in set(g.members) & set(bank.swaps):
-                swaps[a] = bank.swaps[a]
-                fps[a] = {r: f for r in swaps[a] if (f := bank.swap_footprint(a, r)) is not None}
+                swaps[a], fps[a] = bank.swaps[a], bank.swap_footprints.get(a, {})
     return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
                       footprints=bank.footprints, groups=used, swaps=swaps,
                       swap_footprints=fps)  # fmt: skip
@@ -739,8 +780,7 @@ def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
 def _swaps_of(new: VectorBank, old: VectorBank | None = None) -> dict[str, Any]:
     """``VectorBank``'s swap arguments for a merge: ``new``'s swaps, and ``old``'s for names
     ``new`` has no vector of (with their groups, where ``new`` has none of the same labels)."""
-    groups, swaps = new.groups, new.swaps
-    fps = {n: {r: new.swap_footprint(n, r) for r in rs} for n, rs in swaps.items()}
+    groups, swaps, fps = new.groups, new.swaps, new.swap_footprints
     if old is not None:
         have = {frozenset(g.members) for g in groups}
         for g in old.groups:
@@ -751,9 +791,7 @@ def _swaps_of(new: VectorBank, old: VectorBank | None = None) -> dict[str, Any]:
                 continue
             if any(n in g.members and frozenset(g.members) in have for g in new.groups):
                 continue  # its group was refitted: the old swap would read a new classifier
-            swaps[n] = rs
-            fps[n] = {r: old.swap_footprint(n, r) for r in rs}
-    fps = {n: {r: f for r, f in rs.items() if f is not None} for n, rs in fps.items()}
+            swaps[n], fps[n] = rs, old.swap_footprints.get(n, {})
     return {"groups": groups, "swaps": swaps, "swap_footprints": fps}
 
 

@@ -546,7 +546,7 @@ def _calibrated_edits(
     from attributes.bank import VectorBank
     from conceptvae.calibration import calibrate, measure_edits
     from conceptvae.calibration import occluded as hidden_by
-    from conceptvae.vectors import bank_calibration, fit_swaps, resolve_groups
+    from conceptvae.vectors import bank_calibration, calibrate_swaps, fit_swaps, resolve_groups
 
     if split == "valid" or cache.split("valid").size == 0:
         return {"note": "no valid split besides the evaluated one to calibrate on"}, []
@@ -555,6 +555,11 @@ def _calibrated_edits(
     hidden = hidden_by(judge, cache.batch, v_idx, y_v, names, judged)
     out: dict[str, Any] = {a: {"hidden": hidden.get(a, []), "methods": {}} for a in targets}
     found = [g for g in resolve_groups(groups, y_train, names) if set(g) & set(targets)]
+    # the swaps themselves do not depend on the method: calibrated once, kept per method
+    shared = found and calibrate_swaps(
+        vae, judge, cache, names, v_idx, z_v, y_v, z_train, y_train, found, set(targets),
+        n_faces=n_faces, progress=False,
+    )  # fmt: skip
     for m in methods:
         cal = calibrate(
             vae, judge, {a: vectors[m][a] for a in targets}, faces=cache.batch,
@@ -565,7 +570,7 @@ def _calibrated_edits(
             meta = {"calibration": cal["calibration"], "removal_scale": cal["removal_scale"]}
             bank = VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"])
             bank = fit_swaps(vae, bank, judge, cache, names, v_idx, z_v, y_v, z_train, y_train,
-                             found, n_faces=n_faces, progress=False)  # fmt: skip
+                             found, calibrated=shared)  # fmt: skip
             cal = {**cal, **bank_calibration(bank)}
         for a in targets:
             res = measure_edits(
