@@ -97,6 +97,46 @@ def test_judge_saves_and_loads_to_the_same_predictions(judged):
     np.testing.assert_array_equal(again.thresholds, judge.thresholds)
 
 
+def test_judge_is_reused_for_the_same_data_prepared_elsewhere_and_not_for_changed_data(
+    judged, tmp_path, monkeypatch
+):
+    """The key is the data's content: a copy of the cache in another folder, with another
+    meta.json (other source path, time), reuses RUN/judge; one changed pixel or label does not."""
+    import shutil
+
+    import conceptvae.evaluation.judge as J
+
+    root, cache, judge = judged
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    copy = tmp_path / "elsewhere" / "cache"
+    shutil.copytree(cache.path, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta.update(source="/somewhere/else", created="2031-01-01T00:00:00Z", seconds=99.0)
+    (copy / "meta.json").write_text(json.dumps(meta))
+
+    def retrained(*a, **kw):
+        raise AssertionError("trained a new judge")
+
+    monkeypatch.setattr(J, "train_judge", retrained)
+    again = load_or_train_judge(run, open_cache(copy))
+    np.testing.assert_array_equal(again.thresholds, judge.thresholds)
+
+    images = np.load(copy / "images.npy")
+    images[7, 0, 3, 3] ^= 1
+    np.save(copy / "images.npy", images)
+    with pytest.raises(AssertionError, match="trained a new judge"):
+        load_or_train_judge(run, open_cache(copy))
+    images[7, 0, 3, 3] ^= 1
+    np.save(copy / "images.npy", images)
+    load_or_train_judge(run, open_cache(copy))  # the same content again: reused
+    labels = np.load(copy / "labels.npy")
+    labels[3, 1] ^= 1
+    np.save(copy / "labels.npy", labels)
+    with pytest.raises(AssertionError, match="trained a new judge"):
+        load_or_train_judge(run, open_cache(copy))
+
+
 def test_judge_training_stops_at_max_minutes(judged):
     _, cache, _ = judged
     judge = train_judge(cache, None, epochs=50, batch_size=32, max_minutes=1e-6, progress=False)
