@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-faces", type=int, default=200)
     ap.add_argument("--out", help="JSON path [default: benchmarks/results/heldout_check.json]")
     ap.add_argument("--floor", help="counterfactual.py's JSON for the same judge and data")
+    ap.add_argument(
+        "--no-hold",
+        action="store_true",
+        help="edit without the holds the bank chose (conceptvae.hold)",
+    )
     args = ap.parse_args(argv)
 
     from common import open_run
@@ -85,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     test_idx, z_test = split_latents(vae, cache, "test", None, progress=False)
     y_test = np.asarray(cache.labels[test_idx])
     hidden = occluded(judge, cache.batch, vi, y_valid, names, judged)
-    cal = bank_calibration(bank)
+    from conceptvae.hold import Readers
+    from conceptvae.pretrained import resolve
+
+    readers = None if args.no_hold else Readers.load(resolve(args.run))
+    cal = bank_calibration(bank, readers)
     rows = []
     for a in judged:
         res = measure_edits(
@@ -109,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                     "residual_success": res[d]["residual"]["success"],
                     "method": method,
                     "hidden": hidden.get(a, []),
+                    "held": res[d].get("held", []),
                 }
             )  # fmt: skip
             # by person: a person's faces tend to succeed or fail together

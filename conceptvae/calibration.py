@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
+from conceptvae.hold import held_labels_of, hold_steps
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
 # strength 1: this share of held-out faces judged as wanted. 98%, not 97%: calibrating on 200
@@ -308,11 +309,13 @@ class EditProbe:
         self._last: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def _decoded(self, step: torch.Tensor) -> list[torch.Tensor]:
-        """D(z + step) per batch; the last step's are kept, so trying several redraws of one
-        step (:func:`_choose_redraw`) decodes it once."""
+        """D(z + step) per batch (``step`` (D,) or one per face (B, D)); the last step's are
+        kept, so trying several redraws of one step (:func:`_choose_redraw`) decodes it once."""
         if self._last is None or not torch.equal(self._last[0], step):
             bs = self.batch_size
-            d1 = [_decode(self.vae, self.z[k : k + bs] + step[None]).cpu()
+            # one step for every face (D,), or each face its own (B, D)
+            d1 = [_decode(self.vae, self.z[k : k + bs] + (step[None] if step.dim() == 1
+                                                          else step[k : k + bs])).cpu()
                   for k in range(0, self.z.shape[0], bs)]  # fmt: skip
             self._last = (step.clone(), d1)
         return self._last[1]
@@ -326,7 +329,8 @@ class EditProbe:
         self, step: torch.Tensor, weight: torch.Tensor | None = None, redraw: float = 1.0
     ) -> dict[str, Any]:
         """Success, leakage (mean flip rate over ``others``, and per other), SSIM to the
-        unedited faces of the edit ``z + step`` (``redraw``: :func:`crop_edit`'s)."""
+        unedited faces of the edit ``z + step`` (``step`` (D,), or (B, D): each face its own;
+        ``redraw``: :func:`crop_edit`'s)."""
         from conceptvae.evaluate import ssim
 
         verdicts, sims = [], []
@@ -594,6 +598,12 @@ def calibrate(
     return out
 
 
+def edit_directions(cal: dict[str, Any], name: str) -> tuple[tuple[str, int, float], ...]:
+    """``(direction, label of the faces it edits, sign and scale of the step)`` of a calibrated
+    vector: adding (+1, to faces without it) and removing (-1 times its removal scale)."""
+    return (("add", 0, 1.0), ("remove", 1, -float(cal["removal_scale"].get(name, 1.0))))
+
+
 def choose_redraws(
     vae: Any,
     judge: Any,
@@ -631,10 +641,7 @@ def choose_redraws(
         weight = footprint_weight(cal["footprints"][name])
         others = independent_columns(judge, names, train_labels, name, judged)
         col = judge.names.index(name)
-        for direction, label, sign in (
-            ("add", 0, 1.0),
-            ("remove", 1, -float(cal["removal_scale"].get(name, 1.0))),
-        ):
+        for direction, label, sign in edit_directions(cal, name):
             probe = _held_probe(
                 vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
                 target=col, others=others, blend="local",
@@ -852,6 +859,11 @@ def measure_edits(
             steps, w_rows, r_rows, res["swapped"] = _swapped(
                 cal, attribute, z[rows], v, weight, redraw
             )
+        # a vector whose hold was kept holds its labels on each face (conceptvae.hold)
+        held = held_labels_of(cal.get("calibration", {}), attribute, direction)
+        if held and cal.get("readers") is not None:
+            steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held)
+            res["held"] = held
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
         d1 = torch.cat(
             [_decode(vae, z0[k : k + 256] + steps[k : k + 256]).cpu()

@@ -649,6 +649,12 @@ _EXCLUSIVE_HELP = (
     help="Keep RUN's vectors and strengths; fit and calibrate only the swaps of the exclusive "
     "groups (minutes, not a full fit).",
 )
+@click.option(
+    "--holds-only",
+    is_flag=True,
+    help="Keep RUN's vectors, strengths and swaps; fit the labels' readers and choose each "
+    "vector's hold on the valid split (minutes, not a full fit).",
+)
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -671,6 +677,7 @@ def vectors(
     exclusive: tuple[str, ...],
     judge_dir: str | None,
     swaps_only: bool,
+    holds_only: bool,
     show: bool,
     batch_size: int,
     device: str,
@@ -686,12 +693,15 @@ def vectors(
     held-out AUC, norms, cosines, confounds and problems, printed and written beside the bank.
     Labels a face shows at most one of (--exclusive; hair colours by default) also get swaps:
     adding brown hair to a blond face is its own calibrated step, not the brown-hair vector.
+    Each label also gets a reader (RUN/readers.safetensors), and each vector a hold where it
+    helps: an edit puts back, per face, the other labels its step changed.
     """
     from pathlib import Path
 
     from conceptvae import vectors as V
     from conceptvae.data.cache import frame_crop, is_cache, open_or_prepare
     from conceptvae.data.folder import read_pair
+    from conceptvae.hold import Readers
     from conceptvae.model import ConceptVAE
     from conceptvae.pretrained import is_shipped, resolve
     from conceptvae.train import resolve_device
@@ -722,6 +732,11 @@ def vectors(
         raise click.UsageError(
             "--swaps-only calibrates swaps for RUN's bank with DATA's judge: not with "
             "--positive/--negative, --no-calibrate, --replace or --exclusive none"
+        )
+    if holds_only and (pair or not calibrate or replace or swaps_only):
+        raise click.UsageError(
+            "--holds-only chooses holds for RUN's bank with DATA's judge: not with "
+            "--positive/--negative, --no-calibrate, --replace or --swaps-only"
         )
     if pair:
         if data or labels:
@@ -767,14 +782,18 @@ def vectors(
                        f"{run_dir / 'judge'})", err=True)  # fmt: skip
             return load_or_train_judge(run_dir, c, device=vae.device)
 
-        if swaps_only:
+        def saved_bank(what: str):
             bank = V.load_bank(run_dir)
             if bank is None:
                 raise DataError(
-                    f"{run_dir} has no vectors to add swaps to: run `conceptvae vectors {run} "
-                    f"{data}` first"
+                    f"{run_dir} has no vectors to {what}: run `conceptvae vectors {run} {data}` "
+                    "first"
                 )
             bank.check_model(vae.model_hash())
+            return bank
+
+        if swaps_only:
+            bank = saved_bank("add swaps to")
             bank = V.add_swaps(vae, bank, judge_factory(), c, run_dir, groups=groups,
                                n_faces=confirm_faces, batch_size=batch_size)  # fmt: skip
             bank.save(run_dir)
@@ -782,16 +801,34 @@ def vectors(
             kept = sum(len(r) for r in bank.swaps.values())
             click.echo(f"saved {kept} swaps to {run_dir}; its vectors are unchanged")
             return
+        if holds_only:
+            bank = saved_bank("choose holds for")
+            readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
+            bank = V.add_holds(vae, bank, judge_factory(), c, readers, run_dir,
+                               n_faces=confirm_faces, batch_size=batch_size)  # fmt: skip
+            readers.merged(Readers.load(run_dir)).save(run_dir)
+            bank.save(run_dir)
+            click.echo(V.describe_holds(bank))
+            return
         new, report = V.fit_vectors(
             vae, c, run_dir, method=method, attributes=_names(attributes),
             condition=_names(condition), batch_size=batch_size,
             judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
             confirm_faces=confirm_faces, groups=groups,
         )  # fmt: skip
+        # the labels' readers (from the latents just encoded), and each vector's hold
+        readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
+        records = new.metadata.get("calibration", {}).values()
+        if any(r.get("scale") == "judge" for r in records):
+            new = V.add_holds(vae, new, judge_factory(), c, readers, run_dir,
+                              n_faces=max(calibration_faces, confirm_faces),
+                              batch_size=batch_size)  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
         click.echo(f"warning: replacing the vectors in {run_dir}, made for another model", err=True)
     bank = V.merge_banks(old, new)
+    if not pair:  # the labels' readers, beside the bank (those of labels not fitted now kept)
+        readers.merged(None if replace else Readers.load(run_dir)).save(run_dir)
     bank.save(run_dir)
     paths = V.save_report(report, run_dir, title=f"cosine similarity ({new.metadata['method']})")
     click.echo(report.to_text())
@@ -808,11 +845,11 @@ def vectors(
 # editing
 
 
-def _pipeline(run: str, device: str):
+def _pipeline(run: str, device: str, hold: str = "auto"):
     from conceptvae.edit import EditPipeline
     from conceptvae.train import resolve_device
 
-    return EditPipeline.from_pretrained(run, device=resolve_device(device))
+    return EditPipeline.from_pretrained(run, device=resolve_device(device), hold=hold)
 
 
 def _out_folder(output: str | None):
@@ -872,6 +909,9 @@ def _photo_cells(images, max_side: int = 512):
 @click.option("--no-align", is_flag=True, help="Take each image as an aligned face crop.")
 @click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
               help="Gradient steps fitting z to the face before editing.")  # fmt: skip
+@click.option("--hold", default="auto", show_default=True,
+              help="Labels each face keeps while it is edited: auto (those each vector's "
+                   "calibration chose to hold), none, or names, e.g. Male,Eyeglasses.")  # fmt: skip
 @device_option
 def edit(
     run: str,
@@ -886,6 +926,7 @@ def edit(
     face: str,
     no_align: bool,
     refine: int,
+    hold: str,
     device: str,
 ) -> None:
     """Edit the faces in PHOTOS (files, folders, globs) with the concept vectors of RUN.
@@ -926,7 +967,7 @@ def edit(
         targets[target] = str(path)
     gifs = [t.with_suffix(".gif") for t in targets] if gif else []
     _refuse_existing_files([*targets, *gifs], force)  # before the model loads
-    pipe = _pipeline(run, device)
+    pipe = _pipeline(run, device, hold)
     pipe.direction(expr)  # an unknown attribute or a bad expression fails before any photo
     done, failed = 0, [(a, r) for a, r in problems]
     for path in tqdm(paths, desc="editing", unit="photo", disable=len(paths) < 2):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from conceptvae.faces import (
     warp_to_photo,
     whole_image_face,
 )
+from conceptvae.hold import Readers, held_labels_of, hold_steps
 from conceptvae.images import Photo, read_image
 from conceptvae.model import ConceptVAE
 
@@ -88,7 +90,10 @@ class EditPipeline:
 
     ``vae``: a :class:`ConceptVAE`; ``bank``: its :class:`VectorBank` (checked to belong to
     this model); ``frame``: the training frame faces are aligned into (default: from the
-    model's config, CelebA's 148 crop when it does not say).
+    model's config, CelebA's 148 crop when it does not say). ``readers`` (saved beside the bank
+    by ``conceptvae vectors``) and ``hold``: which labels each face keeps while it is edited
+    (:mod:`conceptvae.hold`): ``"auto"`` those each vector's calibration chose to hold, where
+    holding helped; ``"none"``; or label names, held for every edit.
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class EditPipeline:
         frame: Frame | None = None,
         blend: str = "auto",
         feather: float = 0.08,
+        readers: Readers | None = None,
+        hold: str | Sequence[str] = "auto",
     ) -> None:
         self.vae = vae.eval()
         self.model_hash = vae.model_hash()
@@ -116,6 +123,8 @@ class EditPipeline:
         self.blend = blend
         self.feather = feather
         self._warned: set[str] = set()  # flagged vectors already warned about
+        self.readers = readers
+        self.hold = _check_hold(hold, readers)
 
     @classmethod
     def from_pretrained(
@@ -128,6 +137,7 @@ class EditPipeline:
         run = resolve(run)
         vae = ConceptVAE.from_pretrained(run, device=device)
         bank = VectorBank.load(run) if (Path(run) / "vectors.json").is_file() else None
+        kwargs.setdefault("readers", Readers.load(run))
         return cls(vae, bank, **kwargs)
 
     # -- encoding --------------------------------------------------------------------------
@@ -293,16 +303,37 @@ class EditPipeline:
             return None
         return redraw_weight([(c, g, w) for c, g, w in zip(coefs, gs, ws)])
 
+    def held(self, edit: str, strength: float = 1.0) -> list[str]:
+        """The labels a face keeps under ``edit`` at ``strength`` (see ``hold``): none of the
+        edit's own, and none without readers."""
+        if self.readers is None or self.bank is None or self.hold == "none":
+            return []
+        terms = self.bank.parse(edit)
+        own = {t.name for t in terms}
+        if self.hold == "auto":
+            cal = self.bank.metadata.get("calibration") or {}
+            found: list[str] = []
+            for t in terms:
+                d = "add" if t.coef * strength >= 0 else "remove"
+                found += [n for n in held_labels_of(cal, t.name, d) if n not in found]
+        else:
+            found = list(self.hold)
+        return [n for n in found if n not in own]
+
     def face_edit(
         self, edit: str, strength: float, z: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(step, weight, redraw)`` of ``edit`` at ``strength`` for the face of latent ``z``:
-        :meth:`direction`, :meth:`footprint` and :meth:`redraw` with that face's swaps."""
-        return (
-            self.direction(edit, strength, z),
-            self.footprint(edit, strength, z),
-            self.redraw(edit, strength, z),
-        )
+        :meth:`direction`, :meth:`footprint` and :meth:`redraw` with that face's swaps; the
+        step holds the face's :meth:`held` labels (:func:`conceptvae.hold.hold_steps`)."""
+        step = self.direction(edit, strength, z)
+        held = self.held(edit, strength) if z is not None else []
+        if held and bool(step.abs().max() > 0):
+            zz = torch.as_tensor(z).reshape(1, -1)
+            names = [t.name for t in self.bank.parse(edit)]
+            step = hold_steps(self.vae, zz, step[None], self.readers, names, held)[0]
+            step = step.to(self.vae.device)
+        return step, self.footprint(edit, strength, z), self.redraw(edit, strength, z)
 
     @torch.inference_mode()
     def render(
@@ -448,6 +479,23 @@ class EditPipeline:
         if residual:
             out = (_crop_tensor(face.aligned.crop) + out - face.recon).clamp(0, 1)
         return out
+
+
+def _check_hold(hold: str | Sequence[str], readers: Readers | None) -> str | list[str]:
+    """``"auto"``, ``"none"`` or a list of label names the readers know."""
+    if isinstance(hold, str) and hold in ("auto", "none"):
+        return hold
+    names = [h.strip() for h in hold.split(",")] if isinstance(hold, str) else list(hold)
+    names = [n for n in names if n]
+    if not names:
+        raise ModelError("hold: give auto, none, or label names such as Male,Eyeglasses")
+    if readers is None:
+        raise ModelError(
+            f"holding {', '.join(names)} needs the labels' readers, and this model has none "
+            "(readers.safetensors): run `conceptvae vectors RUN DATA --holds-only`"
+        )
+    readers.columns(names)  # an unknown label: named, with the ones there are
+    return names
 
 
 def _check_blend(blend: str) -> None:

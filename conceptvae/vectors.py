@@ -42,6 +42,7 @@ from conceptvae.calibration import (
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
+from conceptvae.hold import Readers, choose_holds
 from conceptvae.model import ConceptVAE
 
 LATENTS_DIR = "latents"
@@ -275,6 +276,7 @@ def fit_vectors(
     n_faces: int = 200,
     confirm_faces: int = CONFIRM_FACES,
     groups: list[list[str]] | None = None,
+    readers: Readers | None = None,
 ) -> tuple[VectorBank, Report]:
     """Fit concept vectors on the train split's posterior means, put them on one strength
     scale and judge them on valid/test.
@@ -290,7 +292,9 @@ def fit_vectors(
     ``max(n_faces, confirm_faces)``, faces the choice did not see first. Every vector gets its
     footprint. With a judge and the local blend, the labels of exclusive ``groups`` (default:
     the hair colours, where the labels have them; ``[]``: none) get swaps
-    (:func:`fit_swaps`, on up to ``max(n_faces, confirm_faces)`` faces). Returns the new
+    (:func:`fit_swaps`, on up to ``max(n_faces, confirm_faces)`` faces), and with
+    ``readers`` (:func:`fit_readers`) each vector's hold is chosen on as many
+    (:func:`conceptvae.hold.choose_holds`). Returns the new
     vectors as a bank (provenance and calibration in its metadata) and a :class:`Report`
     (held-out AUC, norms, cosines, confounds, problems). Nothing is written except the latent
     cache.
@@ -394,6 +398,9 @@ def fit_vectors(
     if found and judge is not None and blend == "local":
         bank = fit_swaps(vae, bank, judge, cache, names, held_idx, held_z, held_y, z, y, found,
                          n_faces=max(n_faces, confirm_faces), progress=progress)  # fmt: skip
+    if readers is not None and judge is not None and blend == "local":
+        bank = _with_holds(vae, bank, judge, cache, names, held_idx, held_z, held_y, y, readers,
+                           n_faces=max(n_faces, confirm_faces), progress=progress)  # fmt: skip
     report = quality_report(bank, None, held_z, held_y, names, train_labels=y)
     for name, record in bank.metadata.get("calibration", {}).items():
         found = calibration_problems(record)
@@ -477,12 +484,13 @@ def _calibrated(
     return bank, cal["probe_rows"]
 
 
-def bank_calibration(bank: VectorBank) -> dict[str, Any]:
+def bank_calibration(bank: VectorBank, readers: Readers | None = None) -> dict[str, Any]:
     """A bank as :func:`conceptvae.calibration.calibrate` returns its vectors: ``vectors``,
     ``removal_scale``, ``footprints`` and the ``calibration`` records (what
     :func:`~conceptvae.calibration.measure_edits` and
     :func:`~conceptvae.calibration.choose_redraws` read); with its ``swaps``, their
-    ``swap_footprints`` and ``rivals`` (:meth:`VectorBank.rivals`) when it has any."""
+    ``swap_footprints`` and ``rivals`` (:meth:`VectorBank.rivals`) when it has any, and the
+    ``readers`` its holds use (:class:`conceptvae.hold.Readers`; None: edits hold nothing)."""
     swaps = bank.swaps
     return {
         "vectors": {n: bank[n] for n in bank.names},
@@ -492,6 +500,7 @@ def bank_calibration(bank: VectorBank) -> dict[str, Any]:
         "swaps": swaps,
         "swap_footprints": bank.swap_footprints,
         "rivals": bank.rivals,
+        "readers": readers,
     }
 
 
@@ -684,6 +693,76 @@ def add_swaps(
                      n_faces=n_faces, progress=progress)  # fmt: skip
 
 
+def _heldout_latents(
+    vae: ConceptVAE, cache: PreparedCache, run: Any, what: str, batch_size: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and latents of the held-out split (cached in ``run``); none is an error saying
+    what it was needed for."""
+    held = _heldout_split(cache)
+    if held is None:
+        raise DataError(f"{cache.path} has no valid or test split to {what} on")
+    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
+    return split_latents(vae, cache, held, run, **common)
+
+
+def fit_readers(
+    vae: ConceptVAE,
+    cache: PreparedCache,
+    run: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Readers:
+    """The labels' readers (:class:`conceptvae.hold.Readers`) fitted on the train split's
+    posterior means (cached in ``run``, as :func:`fit_vectors` caches them)."""
+    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
+    idx, z = split_latents(vae, cache, "train", run, **common)
+    return Readers.fit(z, np.asarray(cache.labels[idx]), list(cache.attr_names))
+
+
+def _with_holds(
+    vae: ConceptVAE, bank: VectorBank, judge: Any, cache: PreparedCache, names: list[str],
+    held_idx: np.ndarray, held_z: np.ndarray, held_y: np.ndarray, y: np.ndarray,
+    readers: Readers, *, n_faces: int, progress: bool,
+) -> VectorBank:  # fmt: skip
+    """``bank`` with each calibrated vector's hold chosen on the held-out faces."""
+    cal = bank_calibration(bank)
+    if not cal["calibration"]:
+        return bank
+    meta = bank.metadata
+    meta["calibration"] = json_safe(
+        choose_holds(
+            vae, judge, cal, readers, faces=cache.batch, held_idx=held_idx, held_z=held_z,
+            held_labels=held_y, names=names, train_labels=y, n_faces=n_faces,
+            progress=progress,
+        )
+    )  # fmt: skip
+    return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+                      footprints=bank.footprints, **_swaps_of(bank))  # fmt: skip
+
+
+def add_holds(
+    vae: ConceptVAE,
+    bank: VectorBank,
+    judge: Any,
+    cache: PreparedCache,
+    readers: Readers,
+    run: str | os.PathLike | None = None,
+    *,
+    n_faces: int = CONFIRM_FACES,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> VectorBank:
+    """The holds of a bank already fitted (``conceptvae vectors --holds-only``), chosen on the
+    held-out split; its vectors, strengths, footprints and swaps stay as they are."""
+    names = list(cache.attr_names)
+    h_idx, h_z = _heldout_latents(vae, cache, run, "choose holds", batch_size, progress)
+    y = np.asarray(cache.labels[cache.split("train")])
+    return _with_holds(vae, bank, judge, cache, names, h_idx, h_z,
+                       np.asarray(cache.labels[h_idx]), y, readers, n_faces=n_faces,
+                       progress=progress)  # fmt: skip
+
+
 def with_redraws(
     vae: ConceptVAE,
     bank: VectorBank,
@@ -699,11 +778,7 @@ def with_redraws(
     (:func:`conceptvae.calibration.choose_redraws`), for banks calibrated before it was:
     vectors, strengths and footprints stay as they are."""
     names = list(cache.attr_names)
-    held = _heldout_split(cache)
-    if held is None:
-        raise DataError(f"{cache.path} has no valid or test split to choose redraws on")
-    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
-    h_idx, h_z = split_latents(vae, cache, held, run, **common)
+    h_idx, h_z = _heldout_latents(vae, cache, run, "choose redraws", batch_size, progress)
     meta = bank.metadata
     cal = bank_calibration(bank)
     meta["calibration"] = json_safe(
@@ -895,8 +970,8 @@ def describe_calibration(bank: VectorBank) -> str:
             f"uncalibrated (latent scale, strength 1 = 1.5 x the class-mean gap): "
             f"{', '.join(latent)}"
         )
-    swaps = describe_swaps(bank)
-    return "\n".join(lines + ([swaps] if swaps else []))
+    extra = [part for part in (describe_swaps(bank), describe_holds(bank)) if part]
+    return "\n".join(lines + extra)
 
 
 def describe_swaps(bank: VectorBank) -> str:
@@ -925,5 +1000,33 @@ def describe_swaps(bank: VectorBank) -> str:
             f"{n:<20} {r:<20} {t.get('n_faces', 0):>5} {f(add.get('success_at_1'), '.0%'):>13} "
             f"{f(add.get('leakage_at_1'), '.1%'):>6} {f(plain.get('success_at_1'), '.0%'):>19} "
             f"{f(plain.get('leakage_at_1'), '.1%'):>6}  {kept}"
+        )
+    return "\n".join(lines)
+
+
+def describe_holds(bank: VectorBank) -> str:
+    """The holds chosen for ``bank``'s vectors: per vector and direction, at +/-1 on held-out
+    faces, the edit held and plain (success, leakage), how many labels it holds and whether
+    the hold was kept. Empty when none were chosen."""
+    cal: dict[str, Any] = bank.metadata.get("calibration", {})
+    rows = [(n, d, (cal.get(n, {}).get(d) or {}).get("hold")) for n in bank.names
+            for d in ("add", "remove")]  # fmt: skip
+    rows = [(n, d, h) for n, d, h in rows if h]
+    if not rows:
+        return ""
+    kept = sum(bool(h.get("kept")) for _, _, h in rows)
+    lines = [
+        f"holds: an edit puts back, per face, the free labels its step changed; kept in {kept} "
+        f"of {len(rows)} directions",
+        f"{'vector':<20} {'dir':<6} {'faces':>5} {'held':>4} {'held: success':>13} {'leak':>6} "
+        f"{'plain: success':>14} {'leak':>6}  kept",
+    ]
+    for n, d, h in rows:
+        plain = h.get("plain") or {}
+        lines.append(
+            f"{n:<20} {d:<6} {h.get('n_faces', 0):>5} {len(h.get('labels', [])):>4} "
+            f"{h['success_at_1']:>13.1%} {h['leakage_at_1']:>6.1%} "
+            f"{plain.get('success_at_1', 0.0):>14.1%} {plain.get('leakage_at_1', 0.0):>6.1%}  "
+            f"{'yes' if h.get('kept') else 'no'}"
         )
     return "\n".join(lines)

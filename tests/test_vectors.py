@@ -328,6 +328,58 @@ def test_swaps_only_saves_the_swaps_and_keeps_the_vectors(data, monkeypatch, tmp
     assert (run_dir / "vectors.safetensors").read_bytes() == before
 
 
+def test_vectors_saves_a_reader_per_label_that_reads_its_labels(data, tmp_path):
+    """Every fit writes RUN/readers.safetensors: one reader per label of DATA, which reads
+    the planted labels off the held-out latents."""
+    from conceptvae.hold import Readers
+
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    readers = Readers.load(run_dir)
+    cache = open_cache(data / "cache")
+    assert readers.names == list(cache.attr_names)
+    vae = ConceptVAE.from_pretrained(run_dir)
+    idx, z = V.split_latents(vae, cache, "valid", run_dir, progress=False)
+    y = np.asarray(cache.labels[idx]).astype(bool)
+    read = z @ readers.weight.T + readers.bias > 0
+    assert ((read == y).mean(0) > 0.9).all(), (read == y).mean(0)
+
+
+def test_holds_only_needs_a_bank_and_saves_holds_and_readers_keeping_the_vectors(
+    data, monkeypatch, tmp_path
+):
+    import conceptvae.evaluate as E
+
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(run("vectors", run_dir, data / "cache", "--holds-only"),
+                   "has no vectors to choose holds for")  # fmt: skip
+    r = run("vectors", run_dir, data / "cache", "--holds-only", "--swaps-only")
+    assert r.exit_code != 0 and "--holds-only chooses holds" in r.output
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    before = (run_dir / "vectors.safetensors").read_bytes()
+    (run_dir / "readers.safetensors").unlink()
+    seen = {}
+
+    def fake_add_holds(vae, bank, judge, cache, readers, run_dir, **kw):
+        seen.update(kw, judge=judge, readers=readers.names)
+        meta = bank.metadata
+        meta["calibration"] = {"Bright": {"add": {"hold": {"labels": ["Red"], "kept": True,
+                               "n_faces": 9, "success_at_1": 1.0, "leakage_at_1": 0.0,
+                               "plain": {"success_at_1": 1.0, "leakage_at_1": 0.5}}}}}  # fmt: skip
+        return VectorBank({n: bank[n] for n in bank.names}, metadata=meta)
+
+    monkeypatch.setattr(V, "add_holds", fake_add_holds)
+    monkeypatch.setattr(E, "load_or_train_judge", lambda run, cache, **kw: "the judge")
+    r = run("vectors", run_dir, data / "cache", "--holds-only", "--confirm-faces", "300")
+    assert r.exit_code == 0, r.output
+    assert seen["judge"] == "the judge" and seen["n_faces"] == 300
+    assert seen["readers"] == list(open_cache(data / "cache").attr_names)
+    assert "kept in 1 of 1 directions" in r.output
+    assert (run_dir / "vectors.safetensors").read_bytes() == before
+    assert VectorBank.load(run_dir).metadata["calibration"]["Bright"]["add"]["hold"]["kept"]
+    assert (run_dir / "readers.safetensors").is_file()
+
+
 def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):
     """--judge DIR is loaded as it is (never retrained); a folder with no judge is named."""
     import conceptvae.evaluate as E

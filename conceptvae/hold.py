@@ -1,0 +1,287 @@
+"""Holding the other attributes of a face while an edit moves it.
+
+A concept vector is one direction for every face, but the decoder is not linear: the same step
+that adds a goatee to one face can also take a fringe off another. A *held* edit corrects each
+face's step after the fact. It decodes the edited latent, encodes the result again, and reads
+every label off that latent with a linear *reader* (a logistic regression per label, fitted on
+the train split's posterior means). Each held label whose reading changed side, against the
+same reading of the unedited face's decode, is put back with the smallest change of the latent
+that also leaves the edit's own labels' readings where the step took them. Two rounds.
+
+The readers are the model's own view of the labels (no judge is involved), fitted once by
+``conceptvae vectors`` and saved beside the bank (``readers.safetensors``). Which labels an
+edit holds, and whether holding helps at all, is decided per vector and direction when the bank
+is calibrated (:func:`choose_holds`): the labels free to vary with the target (|r| < 0.3 and
+not implied by it), kept only where the judge finds less leakage on held-out faces at no real
+cost in success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptvae._fs import atomic_write
+from conceptvae.errors import ModelError
+
+READERS_NAME = "readers.safetensors"
+HOLD_ROUNDS = 2  # correction rounds per edit
+HOLD_GAIN = 0.003  # a hold is kept where it cuts the judged leakage by at least this
+HOLD_COST = 0.01  # ... and costs at most this much success
+MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
+
+
+@dataclass
+class Readers:
+    """One linear reader per label: ``logit = weight @ z + bias`` on a posterior mean ``z``.
+
+    ``names`` (A labels), ``weight`` (A, D) and ``bias`` (A,) float32, in latent units.
+    """
+
+    names: list[str]
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def fit(cls, z: np.ndarray, y: np.ndarray, names: Sequence[str], seed: int = 0) -> Readers:
+        """Logistic regressions (C = 1, on standardised latents, mapped back to latent units)
+        of each label of ``y`` (N, A) on ``z`` (N, D), on up to ``MAX_READER_ROWS`` rows. A
+        label with one class only gets a zero reader (it reads as absent and is never held)."""
+        from sklearn.linear_model import LogisticRegression
+
+        z = np.asarray(z, dtype=np.float64)
+        y = np.asarray(y)
+        if z.shape[0] > MAX_READER_ROWS:
+            rows = np.sort(np.random.default_rng(seed).permutation(z.shape[0])[:MAX_READER_ROWS])
+            z, y = z[rows], y[rows]
+        mu, sd = z.mean(0), z.std(0) + 1e-8
+        zs = (z - mu) / sd
+        weight = np.zeros((y.shape[1], z.shape[1]), np.float32)
+        bias = np.full(y.shape[1], -1.0, np.float32)
+        for j in range(y.shape[1]):
+            if y[:, j].min() == y[:, j].max():
+                continue
+            fit = LogisticRegression(C=1.0, max_iter=1000).fit(zs, y[:, j])
+            w = fit.coef_[0] / sd
+            weight[j] = w
+            bias[j] = fit.intercept_[0] - float(w @ mu)
+        return cls(list(names), weight, bias)
+
+    def columns(self, names: Sequence[str]) -> list[int]:
+        """The rows of ``names``; a name without a reader is an error naming the known ones."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ModelError(
+                f"no reader for {', '.join(missing)} (the readers know {', '.join(self.names)}): "
+                "hold labels the vectors were fitted on, or run `conceptvae vectors` again"
+            )
+        return [self.names.index(n) for n in names]
+
+    def merged(self, other: Readers | None) -> Readers:
+        """These readers plus those of ``other`` for labels these do not have."""
+        if other is None or other.weight.shape[1] != self.weight.shape[1]:
+            return self
+        extra = [j for j, n in enumerate(other.names) if n not in self.names]
+        return Readers(
+            self.names + [other.names[j] for j in extra],
+            np.concatenate([self.weight, other.weight[extra]]),
+            np.concatenate([self.bias, other.bias[extra]]),
+        )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``directory/readers.safetensors``, written atomically; the names in its header."""
+        from safetensors.numpy import save
+
+        path = Path(directory) / READERS_NAME
+        data = save(
+            {"weight": np.ascontiguousarray(self.weight, np.float32),
+             "bias": np.ascontiguousarray(self.bias, np.float32)},
+            metadata={"names": json.dumps(self.names)},
+        )  # fmt: skip
+        atomic_write(path, lambda f: f.write(data))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Readers | None:
+        """The readers saved in ``directory``, or None where there are none (a bank fitted
+        before readers were): a damaged file is an error naming it."""
+        from safetensors import safe_open
+
+        path = Path(directory) / READERS_NAME
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                names = json.loads((f.metadata() or {})["names"])
+                weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+        except Exception as e:  # noqa: BLE001 - any damage reads the same to the user
+            raise ModelError(
+                f"cannot read {path} ({type(e).__name__}: {e}): run `conceptvae vectors` again "
+                "to fit the readers, or delete the file to edit without holding"
+            ) from None
+        if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(names) != weight.shape[0]:
+            raise ModelError(
+                f"{path} is inconsistent ({len(names)} names, weight {weight.shape}, bias "
+                f"{bias.shape}): run `conceptvae vectors` again"
+            )
+        return cls(list(names), weight.astype(np.float32), bias.astype(np.float32))
+
+
+def free_labels(
+    train_labels: np.ndarray, names: Sequence[str], target: str, state: int
+) -> list[str]:
+    """The labels an edit of ``target`` to ``state`` (1: add, 0: remove) should leave as they
+    are: correlated with it by |r| < ``CORRELATED`` on the train labels, and not implied by the
+    state (``calibration.implied``: the data all but fixes them there, so holding them would
+    fight the edit), nor with one class only."""
+    from attributes.estimators import _correlations
+    from conceptvae.calibration import CORRELATED, implied
+
+    names = list(names)
+    y = np.asarray(train_labels)
+    r = np.nan_to_num(_correlations(y))
+    t = names.index(target)
+    varied = [n for j, n in enumerate(names) if j != t and 0 < y[:, j].sum() < y.shape[0]]
+    loose = [n for n in varied if abs(r[t, names.index(n)]) < CORRELATED]
+    tied = implied(y, names, target, loose, state)
+    return [n for n in loose if n not in tied]
+
+
+def _read(vae: Any, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The readers' logits of ``E(D(z))``: what the model sees in the face it draws."""
+    x = vae.decode(z.to(vae.device)).float().clamp(0, 1)
+    return vae.encode(x).mean.float().cpu() @ w.T + b
+
+
+@torch.inference_mode()
+def hold_steps(
+    vae: Any,
+    z: torch.Tensor,
+    steps: torch.Tensor,
+    readers: Readers,
+    targets: Sequence[str],
+    held: Sequence[str],
+    *,
+    rounds: int = HOLD_ROUNDS,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Per face of ``z`` (B, D), its step (``steps`` (B, D) or (D,)) corrected so that no label
+    of ``held`` reads differently (its reader's sign on ``E(D(z + step))`` against on
+    ``E(D(z))``) while the readings of ``targets`` stay where the step took them. Each round
+    moves each face by the least-norm change that puts the changed readings back to the
+    unedited face's values with ``targets`` unchanged. Returns the new steps (B, D)."""
+    z = z.float().cpu()
+    steps = steps.float().cpu().expand_as(z).clone()
+    held = [h for h in held if h not in set(targets)]
+    if not held or z.shape[0] == 0:
+        return steps
+    w_all = torch.from_numpy(readers.weight)
+    b_all = torch.from_numpy(readers.bias)
+    h_cols = readers.columns(held)
+    t_cols = readers.columns(targets)
+    wh, wt = w_all[h_cols], w_all[t_cols]
+    out = []
+    for k in range(0, z.shape[0], batch_size):
+        z0 = z[k : k + batch_size]
+        z1 = z0 + steps[k : k + batch_size]
+        c0 = _read(vae, z0, wh, b_all[h_cols])
+        for _ in range(rounds):
+            c1 = _read(vae, z1, wh, b_all[h_cols])
+            moved = ((c1 > 0) != (c0 > 0)).float()  # (B, H): the readings that changed side
+            if not bool(moved.any()):
+                break
+            n = z1.shape[0]
+            a = torch.cat([wh[None] * moved[:, :, None], wt[None].expand(n, -1, -1)], 1)
+            rhs = torch.cat([(c0 - c1) * moved, torch.zeros(n, len(t_cols))], 1)
+            z1 = z1 + (torch.linalg.pinv(a) @ rhs[:, :, None])[:, :, 0]
+        out.append(z1 - z0)
+    return torch.cat(out)
+
+
+def choose_holds(
+    vae: Any,
+    judge: Any,
+    cal: dict[str, Any],
+    readers: Readers,
+    *,
+    faces: Any,
+    held_idx: np.ndarray,
+    held_z: np.ndarray,
+    held_labels: np.ndarray,
+    names: Sequence[str],
+    train_labels: np.ndarray,
+    n_faces: int = 600,
+    min_accuracy: float = 0.90,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per judged vector of ``cal`` (a bank's :func:`~conceptvae.vectors.bank_calibration`)
+    and direction: its edit at strength +/-1 (the local blend, its footprint and redraw) on up
+    to ``n_faces`` held-out faces, plain and held (:func:`hold_steps`, holding
+    :func:`free_labels` that have readers). The hold is kept where it cuts the judge's leakage
+    by at least ``HOLD_GAIN`` and costs at most ``HOLD_COST`` success. Returns the calibration
+    records with ``hold`` in each direction's: the labels held, ``kept``, both edits' success
+    and leakage, and the faces measured. Vectors, strengths and footprints are unchanged."""
+    from tqdm.auto import tqdm
+
+    from conceptvae.calibration import (
+        _held_probe,
+        edit_directions,
+        footprint_weight,
+        independent_columns,
+        redraw_of,
+    )
+
+    names = list(names)
+    judged = [n for n in judge.judged(min_accuracy) if n in names]
+    rng = np.random.default_rng([seed, 7])
+    records = {k: dict(v) for k, v in cal["calibration"].items()}
+    todo = [n for n in cal["vectors"] if n in judged and n in readers.names]
+    for name in tqdm(todo, desc="hold", unit="vector", disable=not progress, leave=False):
+        t = names.index(name)
+        v = torch.as_tensor(np.array(cal["vectors"][name], dtype=np.float32))
+        weight = footprint_weight(cal["footprints"][name])
+        others = independent_columns(judge, names, train_labels, name, judged)
+        for direction, label, sign in edit_directions(cal, name):
+            probe = _held_probe(
+                vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
+                target=judge.names.index(name), others=others, blend="local",
+            )  # fmt: skip
+            if probe is None or not records[name].get(direction):
+                continue
+            held = [n for n in free_labels(train_labels, names, name, 1 - label)
+                    if n in readers.names]  # fmt: skip
+            redraw = redraw_of(records, name, direction)
+            plain = probe.at(sign * v, weight, redraw)
+            steps = hold_steps(vae, probe.z, sign * v, readers, [name], held)
+            holding = probe.at(steps, weight, redraw)
+            kept = (
+                holding["leakage"] <= plain["leakage"] - HOLD_GAIN
+                and holding["success"] >= plain["success"] - HOLD_COST
+            )
+            records[name][direction] = {
+                **records[name][direction],
+                "hold": {
+                    "labels": held,
+                    "kept": bool(kept),
+                    "n_faces": int(probe.z.shape[0]),
+                    "success_at_1": holding["success"],
+                    "leakage_at_1": holding["leakage"],
+                    "plain": {"success_at_1": plain["success"], "leakage_at_1": plain["leakage"]},
+                },
+            }
+    return records
+
+
+def held_labels_of(calibration: dict[str, Any], name: str, direction: str) -> list[str]:
+    """The labels a calibrated vector's edit in ``direction`` holds (empty: none; the hold was
+    not kept, or the bank was calibrated before holds were chosen)."""
+    hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
+    return list(hold.get("labels", [])) if hold.get("kept") else []
