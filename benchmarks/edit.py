@@ -171,6 +171,36 @@ def stages(pipe: EditPipeline, path: Path, out: Path, repeats: int) -> dict[str,
     }
 
 
+HELD_EDIT = ("Bald", -1.0)  # a direction the shipped bank holds (conceptvae.hold)
+
+
+def hold_cost(pipe: EditPipeline, path: Path, repeats: int) -> dict | None:
+    """A face's step for ``HELD_EDIT`` with its hold, against the same step without (the
+    reference), timed in the same run; None where the model's bank does not hold it."""
+    name, strength = HELD_EDIT
+    if pipe.bank is None or name not in pipe.bank or not pipe.held(name, strength):
+        return None
+    z = pipe.prepare(path).faces[0].z
+    mode = pipe.hold
+    try:
+        pipe.hold = "none"
+        plain, _ = _timed(lambda: pipe.face_edit(name, strength, z), repeats)
+        pipe.hold = mode
+        held, _ = _timed(lambda: pipe.face_edit(name, strength, z), repeats)
+    finally:
+        pipe.hold = mode
+    return {
+        "edit": f"{name}{strength:+g}",
+        "labels_held": len(pipe.held(name, strength)),
+        "median_ms": _ms(held),
+        "seconds": held,
+        "reference": "the same face's step without the hold",
+        "reference_median_ms": _ms(plain),
+        "reference_seconds": plain,
+        "ratio": _ms(held) / _ms(plain),
+    }
+
+
 def _ms(times: list[float]) -> float:
     return 1000 * statistics.median(times)
 
@@ -221,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         with Image.open(written) as im:
             assert im.size == (SIDE, SIDE) and im.format == "JPEG"
         parts = stages(pipe, path, single, repeats)
+        held = hold_cost(pipe, path, repeats)
 
         # 3. the batch, as the CLI loops over a folder
         batch_out, floor_out = work / "batch", work / "floor"
@@ -261,6 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, times in parts.items():
         print(f"{'  ' + name:<{w}} {_ms(times):>10.1f}")
     print(f"{'  (sum of the stages)':<{w}} {sum(_ms(t) for t in parts.values()):>10.1f}")
+    if held is not None:
+        label = f"  step of {held['edit']}, holding {held['labels_held']} labels"
+        print(f"{label:<{w}} {held['median_ms']:>10.1f} {held['reference_median_ms']:>13.1f} "
+              f"{held['ratio']:>7.1f}x")  # fmt: skip
+        print(f"{'':<{w}} vs. the same step without the hold")
     print()
     print(f"{'batch':<{w}} {'photos/s':>10} {'floor photos/s':>15} {'ratio':>6}")
     label = f"{n_batch} photos, CLI loop in one process"
@@ -300,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
             "faces_found": n_faces,
         },
         stages={name: {"median_ms": _ms(t), "seconds": t} for name, t in parts.items()},
+        hold=held,
         batch={
             "photos": n_batch,
             "seconds": batch_s,
