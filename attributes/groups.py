@@ -19,6 +19,7 @@ import numpy as np
 
 from attributes._arrays import as_array
 from attributes.errors import VectorError
+from attributes.estimators import _resolve
 
 HAIR_COLOURS: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 # used when a label set has all their names (CelebA's, SynthFaces'); others pass their own.
@@ -30,15 +31,6 @@ MAX_OVERLAP = 0.10
 MIN_SWAP_FACES = 20  # faces of each class a swap's two means rest on, at least
 
 
-def _resolve(names: Sequence[str], member: str, where: str) -> int:
-    lower = [n.lower() for n in names]
-    if member.lower() not in lower:
-        raise VectorError(
-            f"{where}: {member!r} is not a label of this data (labels: {', '.join(names)})"
-        )
-    return lower.index(member.lower())
-
-
 def check_group(
     labels: Any, names: Sequence[str], members: Sequence[str], where: str = "exclusive group"
 ) -> tuple[str, ...]:
@@ -47,7 +39,7 @@ def check_group(
     VectorError says which pair overlaps and how much."""
     y = as_array(labels, "labels", 2) > 0
     names = list(names)
-    cols = [_resolve(names, m, where) for m in members]
+    cols = [_resolve(m, names, where) for m in members]
     if len(set(cols)) < 2:
         raise VectorError(f"{where}: name at least two different labels, got {list(members)}")
     counts = y[:, cols].sum(0)
@@ -88,7 +80,7 @@ def group_class(labels: Any, names: Sequence[str], members: Sequence[str]) -> np
     """(N,) int: the index in ``members`` of the label each face shows (the first, where a
     face shows several), ``len(members)`` for a face that shows none."""
     y = as_array(labels, "labels", 2) > 0
-    cols = [_resolve(list(names), m, "exclusive group") for m in members]
+    cols = [_resolve(m, list(names), "exclusive group") for m in members]
     out = np.full(y.shape[0], len(cols), dtype=np.int64)
     for k in reversed(range(len(cols))):
         out[y[:, cols[k]]] = k
@@ -160,7 +152,7 @@ def swap_vectors(
     at least ``min_faces`` (and one) faces on each side."""
     z = as_array(z, "z", 2).astype(np.float64)
     y = as_array(labels, "labels", 2) > 0
-    cols = {m: _resolve(list(names), m, "exclusive group") for m in members}
+    cols = {m: _resolve(m, list(names), "exclusive group") for m in members}
     out: dict[str, dict[str, np.ndarray]] = {}
     for a, ca in cols.items():
         pos = y[:, ca]

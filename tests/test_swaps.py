@@ -48,7 +48,7 @@ def test_check_group_accepts_exclusive_labels_and_names_an_overlapping_pair():
     y[:5, 2] = 1  # 5 Dark faces also marked Light: 20% of Light's 25, the rarer one
     with pytest.raises(VectorError, match="Dark and Light are both on for 5 faces .20%"):
         check_group(y, NAMES, ["Dark", "Mid", "Light"], "--exclusive")
-    with pytest.raises(VectorError, match="'Red' is not a label"):
+    with pytest.raises(VectorError, match="unknown attribute 'Red' in exclusive group; known"):
         check_group(y, NAMES, ["Dark", "Red"])
     with pytest.raises(VectorError, match="at least two different labels"):
         check_group(y, NAMES, ["Dark", "dark"])

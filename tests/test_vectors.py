@@ -286,7 +286,7 @@ def test_a_group_whose_labels_overlap_is_refused_before_any_encoding(data, tmp_p
     assert not (run_dir / "latents").exists()  # refused before encoding a face
     one_line_error(
         run("vectors", run_dir, data / "cache", "--exclusive", "Bright,Blue"),
-        "--exclusive: 'Blue' is not a label of this data",
+        "unknown attribute 'Blue' in --exclusive",
     )
 
 
