@@ -494,8 +494,8 @@ def _check_hold(hold: str | Sequence[str], readers: Readers | None) -> str | lis
             f"holding {', '.join(names)} needs the labels' readers, and this model has none "
             "(readers.safetensors): run `conceptvae vectors RUN DATA --holds-only`"
         )
-    readers.columns(names)  # an unknown label: named, with the ones there are
-    return names
+    # the readers' spelling; an unknown label is an error with the closest known names
+    return [readers.names[i] for i in readers.columns(names)]
 
 
 def _check_blend(blend: str) -> None:

@@ -75,14 +75,11 @@ class Readers:
         return cls(list(names), weight, bias)
 
     def columns(self, names: Sequence[str]) -> list[int]:
-        """The rows of ``names``; a name without a reader is an error naming the known ones."""
-        missing = [n for n in names if n not in self.names]
-        if missing:
-            raise ModelError(
-                f"no reader for {', '.join(missing)} (the readers know {', '.join(self.names)}): "
-                "hold labels the vectors were fitted on, or run `conceptvae vectors` again"
-            )
-        return [self.names.index(n) for n in names]
+        """The rows of ``names`` (exact, else case-insensitive); a name without a reader is an
+        error with the closest names the readers know (``attributes``' resolver)."""
+        from attributes.estimators import _resolve
+
+        return [_resolve(n, self.names, "the labels to hold") for n in names]
 
     def merged(self, other: Readers | None) -> Readers:
         """These readers plus those of ``other`` for labels these do not have."""

@@ -50,10 +50,13 @@ def test_damaged_readers_are_an_error_naming_the_file(tmp_path):
         Readers.load(tmp_path)
 
 
-def test_unknown_labels_are_named_with_the_known_ones():
-    readers = Readers(["A", "B"], np.zeros((2, 3), np.float32), np.zeros(2, np.float32))
-    with pytest.raises(ModelError, match=r"no reader for Smilng \(the readers know A, B\)"):
-        readers.columns(["A", "Smilng"])
+def test_unknown_labels_are_named_with_the_closest_known_ones():
+    from attributes.errors import VectorError
+
+    readers = Readers(["Smiling", "Male"], np.zeros((2, 3), np.float32), np.zeros(2, np.float32))
+    assert readers.columns(["male", "Smiling"]) == [1, 0]
+    with pytest.raises(VectorError, match="'Smilng' in the labels to hold; did you mean 'Smiling'"):
+        readers.columns(["Male", "Smilng"])
 
 
 def test_hold_puts_back_only_the_labels_a_face_lost_and_keeps_the_target():
@@ -179,7 +182,7 @@ def test_cli_refuses_an_unknown_hold_or_one_without_readers(held_run, tmp_path):
     src = save(face_photo(), tmp_path / "me.png")
     out = tmp_path / "out"
     r = edit(held_run, src, "--edit", "Smiling", "--hold", "Mael", "-o", out)
-    one_line_error(r, "no reader for Mael", "Smiling, Male, Eyeglasses")
+    one_line_error(r, "unknown attribute 'Mael' in the labels to hold", "did you mean 'Male'")
     empty_or_absent(out)
     bare = tmp_path / "bare"
     shutil.copytree(held_run, bare)
