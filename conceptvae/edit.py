@@ -224,50 +224,71 @@ class EditPipeline:
                     out[i] = rival
         return out
 
+    def _plan(self, edit: str, strength: float, z: Any) -> tuple[list[Term], dict[int, str]]:
+        """The edit's terms (parsed once) and which of them the face of latent ``z`` swaps."""
+        if self.bank is None:
+            raise ModelError(
+                "this model has no concept vectors yet: run `conceptvae vectors RUN DATA` first"
+            )
+        terms = self.bank.parse(edit)
+        return terms, self._swaps(terms, float(strength), z)
+
     def direction(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor:
         """The latent step of an edit expression (``"Smiling+1.5"``, ``"Smiling@Male"``) at
         ``strength``; a negative strength removes, with the bank's removal scale. With ``z``
         (the face's latent, (D,)), adding a label of an exclusive group to a face that shows
         another one of it uses the bank's swap (``attributes.groups``), where it has one."""
-        if self.bank is None:
-            raise ModelError(
-                "this model has no concept vectors yet: run `conceptvae vectors RUN DATA` first"
-            )
-        v = self.bank.vector(edit, float(strength))
-        terms = self.bank.parse(edit)
-        swapped = self._swaps(terms, float(strength), z)
+        return self._step(*self._plan(edit, strength, z), float(strength))
+
+    def _step(self, terms: list[Term], swapped: dict[int, str], strength: float) -> torch.Tensor:
+        v = self.bank.vector(terms, strength)
         if swapped:
             rest = [t for i, t in enumerate(terms) if i not in swapped]
-            v = self.bank.vector(rest, float(strength)) if rest else np.zeros_like(v)
+            v = self.bank.vector(rest, strength) if rest else np.zeros_like(v)
             swaps = self.bank.swaps
             for i, r in swapped.items():
-                v = v + float(strength) * terms[i].coef * swaps[terms[i].name][r]
-        flagged = self.bank.metadata.get("problems", {})
+                v = v + strength * terms[i].coef * swaps[terms[i].name][r]
+        flagged = self._bank_state()["problems"]
         for t in terms:
             if flagged.get(t.name) and t.name not in self._warned:
                 self._warned.add(t.name)
                 warnings.warn(
                     f"the vector {t.name} was flagged when it was fitted: "
                     f"{'; '.join(flagged[t.name])}",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         return torch.from_numpy(np.ascontiguousarray(v)).to(self.vae.device)
 
+    def _bank_state(self) -> dict[str, Any]:
+        """What every edit reads from the bank's metadata (its flagged ``problems`` and its
+        ``calibration`` records) and the footprint weights made so far, read once per bank:
+        ``VectorBank.metadata`` is a deep copy, far too slow to take once per face."""
+        if getattr(self, "_state_of", None) is not self.bank:  # a new bank: read it again
+            meta = self.bank.metadata
+            self._state = {
+                "problems": meta.get("problems") or {},
+                "calibration": meta.get("calibration") or {},
+                "weights": {},
+            }
+            self._state_of = self.bank
+        return self._state
+
     def _term_weights(self, terms: list[Term], swapped: dict[int, str]) -> list[torch.Tensor]:
         """Each term's footprint weight: its swap's where it is swapped and the swap has one."""
-        if getattr(self, "_weights_of", None) is not self.bank:  # a new bank: new weights
-            self._weights: dict[Any, torch.Tensor] = {}
-            self._calibration = self.bank.metadata.get("calibration") or {}
-            self._weights_of = self.bank
+        weights = self._bank_state()["weights"]
         out = []
         for i, t in enumerate(terms):
             own = self.bank.swap_footprint(t.name, swapped[i]) if i in swapped else None
             key = t.name if own is None else (t.name, swapped[i])
-            if key not in self._weights:
+            if key not in weights:
                 fp = self.bank.footprints[t.name] if own is None else own
-                self._weights[key] = footprint_weight(fp)
-            out.append(self._weights[key])
+                weights[key] = footprint_weight(fp)
+            out.append(weights[key])
         return out
+
+    def _has_footprints(self, terms: list[Term]) -> bool:
+        fps = self.bank.footprints
+        return bool(terms) and all(t.name in fps for t in terms)
 
     def footprint(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor | None:
         """(S, S) weight in [0, 1] of where the edit acts (the union of its vectors'
@@ -275,11 +296,14 @@ class EditPipeline:
         :meth:`direction`'s (a swapped term acts where its swap does)."""
         if self.bank is None:
             return None
-        fps = self.bank.footprints
-        terms = self.bank.parse(edit)
-        if not terms or any(t.name not in fps for t in terms):
+        return self._footprint(*self._plan(edit, strength, z), float(strength))
+
+    def _footprint(
+        self, terms: list[Term], swapped: dict[int, str], strength: float
+    ) -> torch.Tensor | None:
+        if not self._has_footprints(terms):
             return None
-        ws = self._term_weights(terms, self._swaps(terms, float(strength), z))
+        ws = self._term_weights(terms, swapped)
         return combined_weight([(t.coef * strength, w) for t, w in zip(terms, ws)])
 
     def redraw(self, edit: str, strength: float = 1.0, z: Any = None) -> torch.Tensor | None:
@@ -287,16 +311,22 @@ class EditPipeline:
         edit acts: each vector's direction redraws as much as calibration chose for it
         (:func:`conceptvae.calibration.redraw_weight`). None: all of it, as banks calibrated
         before the redraw was chosen do. ``z``: as :meth:`direction`'s."""
-        if self.footprint(edit, strength) is None:
+        if self.bank is None:
             return None
-        terms = self.bank.parse(edit)
-        swapped = self._swaps(terms, float(strength), z)
+        return self._redraw(*self._plan(edit, strength, z), float(strength))
+
+    def _redraw(
+        self, terms: list[Term], swapped: dict[int, str], strength: float
+    ) -> torch.Tensor | None:
+        if not self._has_footprints(terms):
+            return None
         ws = self._term_weights(terms, swapped)
+        cal = self._bank_state()["calibration"]
         coefs = [t.coef * strength for t in terms]
         gs = [
-            swap_redraw(self._calibration, t.name, swapped[i])
+            swap_redraw(cal, t.name, swapped[i])
             if i in swapped
-            else redraw_of(self._calibration, t.name, "add" if c >= 0 else "remove")
+            else redraw_of(cal, t.name, "add" if c >= 0 else "remove")
             for i, (t, c) in enumerate(zip(terms, coefs))
         ]
         if all(g == 1.0 for g in gs):
@@ -308,10 +338,14 @@ class EditPipeline:
         edit's own, and none without readers."""
         if self.readers is None or self.bank is None or self.hold == "none":
             return []
-        terms = self.bank.parse(edit)
+        return self._held(self.bank.parse(edit), float(strength))
+
+    def _held(self, terms: list[Term], strength: float) -> list[str]:
+        if self.readers is None or self.hold == "none":
+            return []
         own = {t.name for t in terms}
         if self.hold == "auto":
-            cal = self.bank.metadata.get("calibration") or {}
+            cal = self._bank_state()["calibration"]
             found: list[str] = []
             for t in terms:
                 d = "add" if t.coef * strength >= 0 else "remove"
@@ -325,15 +359,22 @@ class EditPipeline:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(step, weight, redraw)`` of ``edit`` at ``strength`` for the face of latent ``z``:
         :meth:`direction`, :meth:`footprint` and :meth:`redraw` with that face's swaps; the
-        step holds the face's :meth:`held` labels (:func:`conceptvae.hold.hold_steps`)."""
-        step = self.direction(edit, strength, z)
-        held = self.held(edit, strength) if z is not None else []
+        step holds the face's :meth:`held` labels (:func:`conceptvae.hold.hold_steps`). The
+        edit is parsed, and the face's swaps found, once for all three."""
+        strength = float(strength)
+        terms, swapped = self._plan(edit, strength, z)
+        step = self._step(terms, swapped, strength)
+        held = self._held(terms, strength) if z is not None else []
         if held and bool(step.abs().max() > 0):
             zz = torch.as_tensor(z).reshape(1, -1)
-            names = [t.name for t in self.bank.parse(edit)]
+            names = [t.name for t in terms]
             step = hold_steps(self.vae, zz, step[None], self.readers, names, held)[0]
             step = step.to(self.vae.device)
-        return step, self.footprint(edit, strength, z), self.redraw(edit, strength, z)
+        return (
+            step,
+            self._footprint(terms, swapped, strength),
+            self._redraw(terms, swapped, strength),
+        )
 
     @torch.inference_mode()
     def render(
