@@ -16,8 +16,9 @@ edit (no step). With --floor (a benchmarks/counterfactual.py JSON made with the 
 the same data), each pair also gets its verdict (calibration.verdict): works, at the judge's
 floor (no more than 1 point above the true re-rendered edit's leakage), data ties, at the
 model's floor (no more than 1 point above what the model's own decoding of the true edit
-leaks), the true direction leaks as much (the true edits' mean direction, calibrated), too weak
-or vector leaks. Prints a table and writes benchmarks/results/heldout_check.json (or --out).
+leaks), the true direction leaks as much (the true edits' mean direction, calibrated), too weak,
+the judge misses the true edit (neither the true edit nor the true direction is judged on 95% of
+faces) or vector leaks. Prints a table and writes benchmarks/results/heldout_check.json (or --out).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             floors[r["attribute"], r["direction"]] = {
                 "success": r["success_counterfactual"],
                 "leakage": r["leakage_counterfactual"],
+                "n": r.get("n"),
                 # the model's own true edits (present when counterfactual.py measured them)
                 **{
                     f"{k}_{m}": r[f"{m}_{w}"]

@@ -944,6 +944,7 @@ VERDICTS = (
     "at the model's floor",
     "the true direction leaks as much",
     "too weak",
+    "the judge misses the true edit",
     "vector leaks",
 )
 
@@ -1009,6 +1010,12 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
       an edit that is not one step along one direction could;
     - ``too weak``: success under 95% (with ``floor``, whether the judge sees the true edit;
       with the row's ``n``, the success's 95% interval from sampling that many faces);
+    - ``the judge misses the true edit``: it succeeds, but neither the true edit (the 95%
+      interval of ``floor["success"]`` on ``floor["n"]`` faces) nor the true edits' mean
+      direction at its calibrated strength (``floor["direction_success"]``) is seen by the
+      judge on 95% of faces: this judge sees the target only with what the data ties to it,
+      so its 95% asks for more than the target. Weaker than the floors above: it does not
+      show that no direction could do it, only that the true ones cannot;
     - ``vector leaks``: the vector itself flips free labels; the reason names the largest and,
       with ``floor``, what the model's true edits leak.
     """
@@ -1042,7 +1049,26 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
             return kind, f"leakage {leak:.1%}; {told}"
     own = [w for w in row.get("why", []) if "(vector" in w]
     reason = f"free leakage {free:.1%}: {'; '.join(own) or 'many small flips'}"
+    missed = _judge_misses(floor)
+    if missed:
+        return VERDICTS[6], f"{missed}; {reason}"
     return "vector leaks", reason + (f" ({told})" if told else "")
+
+
+def _judge_misses(floor: dict[str, float] | None) -> str:
+    """Why the judge does not see the true edits (``verdict``'s ``the judge misses the true
+    edit``), or "" when it sees the true edit or the true direction on 95% of faces, or the
+    floor does not say."""
+    if not floor or floor.get("n") is None or floor.get("direction_success") is None:
+        return ""
+    hi = success_interval(floor["success"], int(floor["n"]))[1]
+    direction = floor["direction_success"]
+    if hi >= SUCCESS_GOAL or direction >= SUCCESS_GOAL:
+        return ""
+    return (
+        f"the judge sees the true edit on {floor['success']:.0%} of {int(floor['n'])} faces "
+        f"(at most {hi:.0%}) and the true direction on {direction:.0%}"
+    )
 
 
 def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "local") -> list:

@@ -242,3 +242,16 @@ def test_verdict_says_why_an_edit_misses_the_goals():
     # the true edits' mean direction leaks 5.2%: no better estimate of one direction helps
     kind, _ = verdict(leaky, {**cf, "decoded_leakage": 0.01, "direction_leakage": 0.052})
     assert kind == "the true direction leaks as much"
+    # the judge sees neither the true edit (40% of 100 faces, at most 50%) nor the true
+    # direction (60%): its 95% asks for more than the target; the vector's leaks still named
+    blind = {**cf, "success": 0.4, "n": 100, "decoded_leakage": 0.01, "direction_leakage": 0.01,
+             "direction_success": 0.6}  # fmt: skip
+    kind, reason = verdict(leaky, blind)
+    assert kind == "the judge misses the true edit"
+    assert "true edit on 40% of 100 faces (at most 50%)" in reason and "Smiling 30%" in reason
+    # ... not when the true direction reaches 95% (a cleaner direction that succeeds exists),
+    # when the true edit may be seen on 95% (91% of 100 faces: up to 95.2%), or n is unknown
+    assert verdict(leaky, {**blind, "direction_success": 0.96})[0] == "vector leaks"
+    assert verdict(leaky, {**blind, "success": 0.91})[0] == "vector leaks"
+    assert verdict(leaky, {**blind, "n": None})[0] == "vector leaks"
+    assert verdict(leaky, {**blind, "success": 0.89})[0] == "the judge misses the true edit"
