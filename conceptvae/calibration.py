@@ -1075,8 +1075,8 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
     """One row per (attribute, direction) of ``measured`` (attribute -> ``{"methods": {method:
     measure_edits(...)}}``): the best method (one that works first, then the fewest flips,
     then the most success), its numbers with ``blend``, whether it works by the issue's
-    leakage and by free leakage, whether every method is within 10 points of it, and why it
-    leaks."""
+    leakage and by free leakage, whether every method is within 10 points of it, why it leaks,
+    and the labels its edit held (``held``: empty where it holds none)."""
     rows = []
     for a, v in measured.items():
         for d in ("add", "remove"):
@@ -1110,6 +1110,7 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
                     "success_by_method": {m: x["success"] for m, x in cells.items()},
                     "leakage_by_method": {m: x["leakage"] for m, x in cells.items()},
                     "why": c.get("why", []),
+                    "held": list(v["methods"][best][d].get("held", [])),
                 }
             )  # fmt: skip
             rows[-1]["verdict"] = verdict(rows[-1])[0]

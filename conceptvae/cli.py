@@ -1107,12 +1107,15 @@ def grid_command(
               help="Where a raw dataset is prepared [default: -o's name + -cache, beside "
                    "it].")  # fmt: skip
 @click.option("--exclusive", multiple=True, help=_EXCLUSIVE_HELP)
+@click.option("--holds/--no-holds", default=True, show_default=True,
+              help="Give each method's calibrated vectors their holds, as `conceptvae vectors` "
+                   "does, and measure the edits held.")  # fmt: skip
 @device_option
 @force_option("a non-empty report folder")
 def evaluate_command(
     run: str, data: str, output: str, attributes: str | None, methods: str, strengths: str,
     n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None,
-    exclusive: tuple[str, ...], device: str, force: bool,
+    exclusive: tuple[str, ...], holds: bool, device: str, force: bool,
 ) -> None:  # fmt: skip
     """Measure how well the concept vectors of RUN edit the test faces of DATA.
 
@@ -1149,7 +1152,7 @@ def evaluate_command(
     result = E.evaluate(
         vae, c, latents, judge, methods=[m.strip() for m in methods.split(",") if m.strip()],
         strengths=values, attributes=_names(attributes), n_faces=n_faces,
-        groups=_groups(exclusive),
+        groups=_groups(exclusive), holds=holds,
     )  # fmt: skip
     E.write_report(result, output, force=force)
     for line in _evaluate_summary(result):
@@ -1179,6 +1182,15 @@ def _evaluate_summary(result: dict[str, Any]) -> list[str]:
             else:
                 parts.append(f"{method} 90% at {s90:.2f} (leak {100 * (leak or 0):.1f}%)")
         lines.append(f"{attr}: " + "; ".join(parts))
+    calibrated = result.get("calibrated_summary") or []
+    if calibrated:
+        works = sum(bool(r["works"]) for r in calibrated)
+        held = sum(bool(r.get("held")) for r in calibrated)
+        lines.append(
+            f"calibrated edits at +1 and -1 (best method): {works} of {len(calibrated)} pairs "
+            "reach 95% success with at most 2% leakage"
+            + (f"; {held} of the best edits hold other labels" if held else "")
+        )
     return lines
 
 

@@ -840,3 +840,79 @@ def test_merge_into_a_bank_without_provenance_keeps_the_old_calibration_records(
     merged = merge_banks(old, _bank(["B"], scale=3.0))
     assert merged.removal_scale("A") == 2.0 and "A" in merged.footprints
     assert merged.metadata["calibration"]["A"]["unit"] == 2.0
+
+
+class RoundTripVAE(LinearVAE):
+    """LinearVAE that also writes z into pixel row 0 as it decodes, so E(D(z)) = z (to 0.02):
+    what a hold reads on an edited face is where the edit put it."""
+
+    def decode(self, z):
+        img = super().decode(z)
+        img[:, 0, 0, :D] = torch.round(128 + 50 * z.float()) / 255
+        return img
+
+
+class TwoSquaresNet(nn.Module):
+    """Logit A: BRIGHT's core brighter than 0.5 (z0 > 0); logit C: SQUARE's (z1 > 0)."""
+
+    def forward(self, x):
+        a = region_mean(x, BRIGHT_CORE) - 0.5
+        c = region_mean(x, SQUARE_CORE) - 0.5
+        return 400 * torch.stack([a, c], 1)
+
+
+def _held_eval(root, holds):
+    """Train: A = z0 > 0 (z0 = +-1), C = z1 > 0, independent labels (r = 0). Each class of A
+    has as many faces just either side of C's boundary (z1 = +-0.1), which makes C's reader
+    z1's sign, and one face out on each side, further out on A's side (z1 = 2.5 and -0.5;
+    -2.5 and 0.5 without A): A's mean vector steps +0.5 in z1 for +2 in z0. Valid and test
+    faces sit at z1 = -+0.1 or -+1.0: adding A (removing it) gives (takes) C to (from) the
+    first half, and a hold gives it back."""
+    vae = RoundTripVAE()
+    with_a = [(1, 0.1)] * 3 + [(1, -0.1)] * 3 + [(1, 2.5), (1, -0.5)]
+    cells = (with_a + [(-a, -c) for a, c in with_a]) * 5
+    z_train = np.array([[a, c, 0, 0] for a, c in cells], np.float64)
+
+    def faces(mags):
+        z = np.zeros((2 * mags.size, D))
+        z[:, 0] = np.concatenate([-mags, mags])
+        near = np.arange(mags.size) % 2 == 0
+        z[:, 1] = np.concatenate([np.where(near, -0.1, -1.0), np.where(near, 0.1, 1.0)])
+        return z
+
+    z = np.concatenate([z_train, faces(0.04 * np.arange(1, 21)), faces(0.1 * np.arange(1, 9))])
+    labels = (z[:, :2] > 0).astype(np.uint8)
+    partition = np.repeat([0, 1, 2], [80, 40, 16])
+    cache = write_cache(root / "cache", _cache_images(vae, z), labels, ["A", "C"], partition)
+    judge = Judge(TwoSquaresNet(), ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 1.0}, image_size=S)
+    return evaluate(
+        vae, cache, None, judge, methods=("mean",), strengths=(1.0,), attributes=["A"],
+        n_faces=50, n_samples=0, n_recon=4, progress=False, holds=holds,
+    )  # fmt: skip
+
+
+def test_evaluate_measures_each_methods_edits_with_the_holds_chosen_on_valid(tmp_path):
+    plain = _held_eval(tmp_path / "plain", holds=False)
+    held = _held_eval(tmp_path / "held", holds=True)
+    for d in ("add", "remove"):
+        p = next(r for r in plain["calibrated_summary"] if r["direction"] == d)
+        h = next(r for r in held["calibrated_summary"] if r["direction"] == d)
+        # without holds half the faces gain (lose) C; held, none does, and A still works
+        assert p["success"] == 1.0 and p["leakage"] == 0.5 and p["held"] == []
+        assert h["success"] == 1.0 and h["leakage"] == 0.0 and h["held"] == ["C"]
+        assert h["works"] and not p["works"]
+        rec = held["calibrated"]["A"]["methods"]["mean"]["calibration"][d]["hold"]
+        assert rec["kept"] and rec["labels"] == ["C"]  # chosen on valid: 50% to 0% leakage
+        assert rec["plain"]["leakage_at_1"] == 0.5 and rec["leakage_at_1"] == 0.0
+    assert held["settings"]["holds"] and not plain["settings"]["holds"]
+    text = "\n".join(calibrated_markdown(held))
+    assert "| A | add | mean + hold | 1.00 | 0.000 |" in text
+    assert "**+ hold**" in text and "+ hold" not in "\n".join(calibrated_markdown(plain))
+    from conceptvae.cli import _evaluate_summary
+
+    assert _evaluate_summary(held)[-1] == (
+        "calibrated edits at +1 and -1 (best method): 2 of 2 pairs reach 95% success with at "
+        "most 2% leakage; 2 of the best edits hold other labels"
+    )
+    assert _evaluate_summary(plain)[-1].endswith(": 0 of 2 pairs reach 95% success with at "
+                                                 "most 2% leakage")  # fmt: skip

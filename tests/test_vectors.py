@@ -259,22 +259,22 @@ def test_vectors_passes_its_exclusive_groups_to_the_fit(data, monkeypatch, tmp_p
     assert seen == [[["Bright", "Red"], ["A", "B"]], [], None]
 
 
-def test_evaluate_passes_its_exclusive_groups_on(data, monkeypatch, tmp_path):
+def test_evaluate_passes_its_exclusive_groups_and_holds_on(data, monkeypatch, tmp_path):
     import conceptvae.evaluate as E
 
     seen = []
 
     def fake_evaluate(vae, cache, latents, judge, **kw):
-        seen.append(kw["groups"])
+        seen.append((kw["groups"], kw["holds"]))
         raise V.VectorError("stop here")
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     monkeypatch.setattr(E, "load_or_train_judge", lambda run, cache, **kw: "the judge")
     run_dir = fresh_run(data, tmp_path)
-    for args in (("--exclusive", "Bright,Red"), ("--exclusive", "none"), ()):
+    for args in (("--exclusive", "Bright,Red"), ("--exclusive", "none", "--no-holds"), ()):
         r = run("evaluate", run_dir, data / "cache", "-o", tmp_path / "report", *args)
         assert r.exit_code != 0 and "stop here" in r.output
-    assert seen == [[["Bright", "Red"]], [], None]
+    assert seen == [([["Bright", "Red"]], True), ([], False), (None, True)]
 
 
 def test_a_group_whose_labels_overlap_is_refused_before_any_encoding(data, tmp_path):

@@ -165,6 +165,7 @@ def evaluate(
     calibrated: bool = True,
     blends: Sequence[str] = ("local", "residual", "replace"),
     groups: list[list[str]] | None = None,
+    holds: bool = True,
 ) -> dict[str, Any]:
     """Measure concept-vector edits of ``vae`` with ``judge`` on the cache's test split (valid
     when there is no test split).
@@ -174,7 +175,11 @@ def evaluate(
     the ``local`` blend) and every judged attribute is added (+1) and removed (-1) on test faces
     with each of ``blends``: ``result["calibrated"]`` holds success, leakage (all independent
     attributes, and those the target does not hide), SSIM and SSIM outside the footprint, and
-    ``result["calibrated_summary"]`` the best method per attribute and direction.
+    ``result["calibrated_summary"]`` the best method per attribute and direction. With
+    ``holds`` each method's vectors also get their holds as ``conceptvae vectors`` chooses them
+    (:func:`conceptvae.hold.choose_holds`, readers fitted on the train split, chosen on the
+    valid split), so the calibrated edits are the ones ``conceptvae edit`` makes; a pair whose
+    hold was kept says so (``held``).
 
     Vectors of each method are fitted on the train split's posterior means (cached in
     ``RUN/latents`` when ``run`` is given). For each judged attribute, up to ``n_faces`` faces
@@ -215,6 +220,7 @@ def evaluate(
         "target_success": TARGET_SUCCESS,
         "correlated_r": CORRELATED,
         "seed": seed,
+        "holds": bool(holds and calibrated),
     }
     result = _header(model_hash, cache, split, settings, judge, judged)
 
@@ -248,6 +254,7 @@ def evaluate(
         result["calibrated"], result["calibrated_summary"] = _calibrated_edits(
             vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
             ev.z, ev.idx, ev.labels, tr.z, tr.labels, split, n_faces, seed, progress, groups,
+            holds,
         )  # fmt: skip
     result["summary"] = _summary(result["edits"], methods)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -538,14 +545,17 @@ def _summary(edits: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
 def _calibrated_edits(
     vae, judge, cache, run, common, names, judged, targets, vectors, methods, blends,
     z_eval, eval_idx, y_eval, z_train, y_train, split, n_faces, seed, progress, groups=None,
+    holds=True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Calibrate each method on the valid split, then add and remove every target at +/-1 on
     the evaluated split, per blend. The labels of exclusive ``groups`` (default: the hair
     colours where the labels have them) get each method's swaps, as ``conceptvae vectors``
-    fits them (:func:`conceptvae.vectors.fit_swaps`)."""
+    fits them (:func:`conceptvae.vectors.fit_swaps`), and with ``holds`` each method's
+    vectors their holds (:func:`conceptvae.hold.choose_holds`)."""
     from attributes.bank import VectorBank
     from conceptvae.calibration import calibrate, measure_edits
     from conceptvae.calibration import occluded as hidden_by
+    from conceptvae.hold import Readers, choose_holds
     from conceptvae.vectors import bank_calibration, calibrate_swaps, fit_swaps, resolve_groups
 
     if split == "valid" or cache.split("valid").size == 0:
@@ -554,6 +564,7 @@ def _calibrated_edits(
     y_v = np.asarray(cache.labels[v_idx])
     hidden = hidden_by(judge, cache.batch, v_idx, y_v, names, judged)
     out: dict[str, Any] = {a: {"hidden": hidden.get(a, []), "methods": {}} for a in targets}
+    readers = Readers.fit(z_train, y_train, names) if holds else None
     found = [g for g in resolve_groups(groups, y_train, names) if set(g) & set(targets)]
     # the swaps themselves do not depend on the method: calibrated once, kept per method
     shared = found and calibrate_swaps(
@@ -572,6 +583,13 @@ def _calibrated_edits(
             bank = fit_swaps(vae, bank, judge, cache, names, v_idx, z_v, y_v, z_train, y_train,
                              found, calibrated=shared)  # fmt: skip
             cal = {**cal, **bank_calibration(bank)}
+        if readers is not None:  # as conceptvae vectors chooses them, on the valid split
+            cal["calibration"] = choose_holds(
+                vae, judge, cal, readers, faces=cache.batch, held_idx=v_idx, held_z=z_v,
+                held_labels=y_v, names=names, train_labels=y_train, n_faces=n_faces,
+                seed=seed, progress=progress,
+            )  # fmt: skip
+            cal["readers"] = readers
         for a in targets:
             res = measure_edits(
                 vae, judge, cal, a, faces=cache.batch, idx=eval_idx, z=z_eval, labels=y_eval,

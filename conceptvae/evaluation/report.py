@@ -335,8 +335,16 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         "",
         "## Calibrated edits: strength +1 and -1",
         "",
-        f"Each method's vectors calibrated on the valid split (strength 1: the smallest step "
-        f"at which 98% of valid faces are judged as wanted, with the `local` blend), then every "
+        "Each method's vectors calibrated on the valid split (strength 1: the smallest step "
+        "at which 98% of valid faces are judged as wanted, with the `local` blend)"
+        + (
+            ", with swaps and holds chosen there as `conceptvae vectors` chooses them (**+ hold**: "
+            "the direction's hold was kept, and its edits hold the labels free to vary with the "
+            "target)"
+            if result["settings"].get("holds")
+            else ""
+        )
+        + ", then every "
         f"attribute added (+1) and removed (-1) on {result['split']} faces. **Works**: success "
         f">= {SUCCESS_GOAL:.0%} with leakage <= {LEAKAGE_GOAL:.0%}. **Leakage**: mean flip "
         f"rate over the judged attributes whose labels correlate with the target by |r| < "
@@ -365,7 +373,8 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         why = "; ".join(r.get("why") or []) or "-"
         kind = r.get("verdict") or ("works" if r["works"] else "-")
         lines.append(
-            f"| {r['attribute']} | {r['direction']} | {r['best_method']} | {_f(r['success'])} | "
+            f"| {r['attribute']} | {r['direction']} | {r['best_method']}"
+            f"{' + hold' if r.get('held') else ''} | {_f(r['success'])} | "
             f"{_f(r['leakage'], 3)} | {_f(r['leakage_visible'], 3)} | "
             f"{_f(r.get('leakage_free'), 3)} | {_f(r['ssim'], 3)} | "
             f"{_f(r['ssim_outside'], 3)} | {kind} | "
@@ -394,7 +403,8 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
                     f"{_f(r[b]['ssim_outside'], 3)}"
                     for b in blends
                 ]
-                lines.append(f"| {a} | {d} | {m} | " + " | ".join(cells) + f" | {unit:.2f} |")
+                m_ = f"{m} + hold" if r.get("held") else m
+                lines.append(f"| {a} | {d} | {m_} | " + " | ".join(cells) + f" | {unit:.2f} |")
         if v["hidden"]:
             lines.append(f"| {a} | | hides: {', '.join(v['hidden'])} | |" + " |" * len(blends))
     return lines
