@@ -326,18 +326,25 @@ class EditProbe:
 
     @torch.inference_mode()
     def at(
-        self, step: torch.Tensor, weight: torch.Tensor | None = None, redraw: float = 1.0
+        self, step: torch.Tensor, weight: torch.Tensor | None = None, redraw: Any = 1.0
     ) -> dict[str, Any]:
         """Success, leakage (mean flip rate over ``others``, and per other), SSIM to the
         unedited faces of the edit ``z + step`` (``step`` (D,), or (B, D): each face its own;
-        ``redraw``: :func:`crop_edit`'s)."""
+        ``redraw``: :func:`crop_edit`'s; ``weight`` and ``redraw`` may be each face's own,
+        (B, 1, S, S), as :func:`_swapped` gives them)."""
         from conceptvae.evaluate import ssim
 
+        n = self.z.shape[0]
+
+        def rows(x: Any, sl: slice) -> Any:
+            per_face = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == n
+            return x[sl] if per_face else x
+
         verdicts, sims = [], []
-        for k, d1 in zip(range(0, self.z.shape[0], self.batch_size), self._decoded(step)):
+        for k, d1 in zip(range(0, n, self.batch_size), self._decoded(step)):
             sl = slice(k, k + self.batch_size)
-            img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=weight,
-                            mask=self.mask, redraw=redraw)  # fmt: skip
+            img = crop_edit(self.faces[sl], self.d0[sl], d1, self.blend, weight=rows(weight, sl),
+                            mask=self.mask, redraw=rows(redraw, sl))  # fmt: skip
             verdicts.append(self.judge.decide(img).cpu())
             sims.append(ssim(img, self.faces[sl]).cpu())
         v = torch.cat(verdicts)

@@ -260,8 +260,8 @@ def choose_holds(
             held = [n for n in free_labels(train_labels, names, name, 1 - label)
                     if n in readers.names]  # fmt: skip
             redraw = redraw_of(records, name, direction)
-            edit = (vae, sign * v, readers, name, held, weight, redraw)
-            plain, holding = _plain_and_held(probe, *edit)
+            edit = (cal, vae, v, sign, weight, redraw, readers, name, held, direction)
+            plain, holding = _plain_and_held(probe, *_edit_of(probe, *edit))
             kept = _helps(plain, holding)
             record = {"labels": held, "n_faces": int(probe.z.shape[0])}
             if kept:
@@ -274,7 +274,7 @@ def choose_holds(
                     confirm_rng, avoid=probe.rows, target=judge.names.index(name),
                     others=others, blend="local",
                 )  # fmt: skip
-                plain, holding = _plain_and_held(again, *edit)
+                plain, holding = _plain_and_held(again, *_edit_of(again, *edit))
                 kept = _helps(plain, holding)
                 record["n_faces"] = int(again.z.shape[0])
             records[name][direction] = {
@@ -284,11 +284,27 @@ def choose_holds(
     return records
 
 
+def _edit_of(
+    probe: Any, cal: dict[str, Any], vae: Any, v: torch.Tensor, sign: float, weight: Any,
+    redraw: float, readers: Readers, name: str, held: list[str], direction: str,
+) -> tuple[Any, ...]:  # fmt: skip
+    """:func:`_plain_and_held`'s edit of the probe's faces as edits make it: adding, a face
+    that shows a rival of an exclusive group gets its swap (its step, footprint and redraw),
+    and the hold is chosen on top of that."""
+    from conceptvae.calibration import _swapped
+
+    step, w, r = sign * v, weight, redraw
+    if direction == "add" and cal.get("swaps", {}).get(name):
+        step, w, r, _ = _swapped(cal, name, probe.z.cpu().numpy(), v, weight, redraw)
+    return vae, step, readers, name, held, w, r
+
+
 def _plain_and_held(
     probe: Any, vae: Any, step: torch.Tensor, readers: Readers, name: str, held: list[str],
-    weight: Any, redraw: float,
+    weight: Any, redraw: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """The probe's faces edited by ``step`` plainly and holding ``held``."""
+    """The probe's faces edited by ``step`` ((D,) or each face's (B, D)) plainly and holding
+    ``held``."""
     steps = hold_steps(vae, probe.z, step, readers, [name], held)
     return probe.at(step, weight, redraw), probe.at(steps, weight, redraw)
 

@@ -507,6 +507,12 @@ def test_a_sharp_detail_survives_residual_removal_but_not_local():
         assert probe.baseline == 0.0
         res = probe.at(step, w if blend == "local" else None)
         assert res["success"] == success and res["leakage"] == 0.0 and res["flips"] == [0.0]
+    # each face its own weight and redraw (as a swap gives them), read in batches of 3: faces
+    # 0 and 2 get the footprint (removed), 1 and 3 none (the photo's bright square stays)
+    per_face = torch.stack([w, torch.zeros_like(w), w, torch.zeros_like(w)])[:, None]
+    probe = EditProbe(vae, judge, x, z, target=0, others=[1], adding=False, blend="local",
+                      batch_size=3)  # fmt: skip
+    assert probe.at(step, per_face, per_face)["success"] == 0.5
 
 
 # -- the bank ----------------------------------------------------------------------------------

@@ -328,6 +328,24 @@ def test_measured_success_of_adding_counts_each_face_s_own_swap(planted_swaps):
     assert ra["local"]["success"] == rb["local"]["success"]
 
 
+def test_holds_are_chosen_on_the_edit_each_face_gets_with_its_swap(planted_swaps):
+    from conceptvae.hold import Readers, choose_holds
+
+    p = planted_swaps
+    readers = Readers.fit(p.z, p.y, NAMES)
+    kw = dict(faces=p.cache.batch, held_idx=np.arange(len(p.hz)), held_z=p.hz, held_labels=p.hy,
+              names=NAMES, train_labels=p.y, progress=False)  # fmt: skip
+    plain = choose_holds(p.vae, p.judge, bank_calibration(p.plain), readers, **kw)["Mid"]
+    swapped = choose_holds(p.vae, p.judge, bank_calibration(p.swapped), readers, **kw)["Mid"]
+    # 150 faces without Mid: the plain vector adds it to the 100 Dark ones; a hold is judged on
+    # the edit edit makes, so with the swap on the 50 Light ones too
+    assert plain["add"]["hold"]["plain"]["success_at_1"] == pytest.approx(100 / 150, abs=0.02)
+    assert swapped["add"]["hold"]["plain"]["success_at_1"] >= 0.98
+    assert swapped["add"]["hold"]["n_faces"] == 150
+    # removing never swaps: the same either way
+    assert plain["remove"]["hold"]["plain"] == swapped["remove"]["hold"]["plain"]
+
+
 # -- the shipped model -------------------------------------------------------------------------
 
 
