@@ -241,8 +241,6 @@ def choose_holds(
 
     names = list(names)
     judged = [n for n in judge.judged(min_accuracy) if n in names]
-    rng = np.random.default_rng([seed, 7])
-    confirm_rng = np.random.default_rng([seed, 8])  # its own: the first draws stay the same
     records = {k: dict(v) for k, v in cal["calibration"].items()}
     todo = [n for n in cal["vectors"] if n in judged and n in readers.names]
     for name in tqdm(todo, desc="hold", unit="vector", disable=not progress, leave=False):
@@ -251,6 +249,8 @@ def choose_holds(
         weight = footprint_weight(cal["footprints"][name])
         others = independent_columns(judge, names, train_labels, name, judged)
         for direction, label, sign in edit_directions(cal, name):
+            # each direction's own draws: what is kept elsewhere does not move its faces
+            rng = np.random.default_rng([seed, 7, t, label])
             probe = _held_probe(
                 vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces, rng,
                 target=judge.names.index(name), others=others, blend="local",
@@ -271,8 +271,8 @@ def choose_holds(
                 record["chosen_on"] = _summary(plain, holding, record["n_faces"])
                 again = _held_probe(
                     vae, judge, faces, held_idx, held_z, held_labels, t, label, n_faces,
-                    confirm_rng, avoid=probe.rows, target=judge.names.index(name),
-                    others=others, blend="local",
+                    np.random.default_rng([seed, 8, t, label]), avoid=probe.rows,
+                    target=judge.names.index(name), others=others, blend="local",
                 )  # fmt: skip
                 plain, holding = _plain_and_held(again, *_edit_of(again, *edit))
                 kept = _helps(plain, holding)

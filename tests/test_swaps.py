@@ -346,6 +346,30 @@ def test_holds_are_chosen_on_the_edit_each_face_gets_with_its_swap(planted_swaps
     assert plain["remove"]["hold"]["plain"] == swapped["remove"]["hold"]["plain"]
 
 
+def test_a_directions_hold_is_chosen_on_its_own_faces_whatever_else_the_bank_holds(
+    planted_swaps,
+):
+    from conceptvae.hold import Readers, choose_holds
+
+    p = planted_swaps
+    raw = {n: p.z[p.y[:, i] == 1].mean(0) - p.z[p.y[:, i] == 0].mean(0)
+           for i, n in enumerate(NAMES) if n != "Mid"}  # fmt: skip
+    more = calibrate(p.vae, p.judge, raw, faces=p.cache.batch, held_idx=np.arange(len(p.hz)),
+                     held_z=p.hz, held_labels=p.hy, names=NAMES, train_z=p.z, train_labels=p.y,
+                     progress=False)  # fmt: skip
+    alone = bank_calibration(p.plain)
+    both = {**alone, "vectors": {**more["vectors"], **alone["vectors"]},  # Dark, Light first
+            "footprints": {**more["footprints"], **alone["footprints"]},
+            "calibration": {**more["calibration"], **alone["calibration"]}}  # fmt: skip
+    readers = Readers.fit(p.z, p.y, NAMES)
+    kw = dict(faces=p.cache.batch, held_idx=np.arange(len(p.hz)), held_z=p.hz, held_labels=p.hy,
+              names=NAMES, train_labels=p.y, n_faces=40, progress=False)  # fmt: skip
+    one = choose_holds(p.vae, p.judge, alone, readers, **kw)
+    all_ = choose_holds(p.vae, p.judge, both, readers, **kw)
+    assert set(all_) == set(NAMES) and one["Mid"] == all_["Mid"]
+    assert one["Mid"]["add"]["hold"]["n_faces"] == 40  # 40 of the 150: which 40 matters
+
+
 # -- the shipped model -------------------------------------------------------------------------
 
 
