@@ -52,7 +52,7 @@ from conceptvae.faces import (
     warp_to_photo,
     whole_image_face,
 )
-from conceptvae.hold import Readers, held_labels_of, hold_steps
+from conceptvae.hold import Readers, held_labels_of, hold_steps, redrawn
 from conceptvae.images import Photo, read_image
 from conceptvae.model import ConceptVAE
 
@@ -125,6 +125,7 @@ class EditPipeline:
         self._warned: set[str] = set()  # flagged vectors already warned about
         self.readers = readers
         self.hold = _check_hold(hold, readers)
+        self._unedited_cache: tuple[bytes, torch.Tensor] | None = None  # see _unedited
 
     @classmethod
     def from_pretrained(
@@ -354,6 +355,14 @@ class EditPipeline:
             found = list(self.hold)
         return [n for n in found if n not in own]
 
+    def _unedited(self, z: torch.Tensor) -> torch.Tensor:
+        """``E(D(z))`` of a face, kept for the last face asked: a sweep or a GIF of one face
+        at many strengths reads the unedited face once, not once per strength."""
+        key = z.numpy().tobytes()
+        if self._unedited_cache is None or self._unedited_cache[0] != key:
+            self._unedited_cache = (key, redrawn(self.vae, z))
+        return self._unedited_cache[1]
+
     def face_edit(
         self, edit: str, strength: float, z: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -366,9 +375,10 @@ class EditPipeline:
         step = self._step(terms, swapped, strength)
         held = self._held(terms, strength) if z is not None else []
         if held and bool(step.abs().max() > 0):
-            zz = torch.as_tensor(z).reshape(1, -1)
+            zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
             names = [t.name for t in terms]
-            step = hold_steps(self.vae, zz, step[None], self.readers, names, held)[0]
+            step = hold_steps(self.vae, zz, step[None], self.readers, names, held,
+                              unedited=self._unedited(zz))[0]  # fmt: skip
             step = step.to(self.vae.device)
         return (
             step,

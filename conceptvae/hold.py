@@ -151,10 +151,17 @@ def free_labels(
     return [n for n in loose if n not in tied]
 
 
+@torch.inference_mode()
+def redrawn(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """``E(D(z))`` (B, D) on the CPU: the latent of the face the model draws for ``z``, what
+    the readers read."""
+    x = vae.decode(z.to(vae.device)).float().clamp(0, 1)
+    return vae.encode(x).mean.float().cpu()
+
+
 def _read(vae: Any, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The readers' logits of ``E(D(z))``: what the model sees in the face it draws."""
-    x = vae.decode(z.to(vae.device)).float().clamp(0, 1)
-    return vae.encode(x).mean.float().cpu() @ w.T + b
+    return redrawn(vae, z) @ w.T + b
 
 
 @torch.inference_mode()
@@ -168,12 +175,15 @@ def hold_steps(
     *,
     rounds: int = HOLD_ROUNDS,
     batch_size: int = 256,
+    unedited: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per face of ``z`` (B, D), its step (``steps`` (B, D) or (D,)) corrected so that no label
     of ``held`` reads differently (its reader's sign on ``E(D(z + step))`` against on
     ``E(D(z))``) while the readings of ``targets`` stay where the step took them. Each round
     moves each face by the least-norm change that puts the changed readings back to the
-    unedited face's values with ``targets`` unchanged. Returns the new steps (B, D)."""
+    unedited face's values with ``targets`` unchanged. ``unedited``: ``E(D(z))`` when it is
+    known already (:func:`redrawn`; a sweep of one face reads it once). Returns the new steps
+    (B, D)."""
     z = z.float().cpu()
     steps = steps.float().cpu().expand_as(z).clone()
     held = [h for h in held if h not in set(targets)]
@@ -188,7 +198,10 @@ def hold_steps(
     for k in range(0, z.shape[0], batch_size):
         z0 = z[k : k + batch_size]
         z1 = z0 + steps[k : k + batch_size]
-        c0 = _read(vae, z0, wh, b_all[h_cols])
+        if unedited is None:
+            c0 = _read(vae, z0, wh, b_all[h_cols])
+        else:
+            c0 = unedited[k : k + batch_size].float().cpu() @ wh.T + b_all[h_cols]
         for _ in range(rounds):
             c1 = _read(vae, z1, wh, b_all[h_cols])
             moved = ((c1 > 0) != (c0 > 0)).float()  # (B, H): the readings that changed side

@@ -174,6 +174,27 @@ def test_pipeline_holds_what_calibration_chose_or_what_the_user_names(held_run):
     torch.testing.assert_close(plain, pipe.direction("Smiling"))
 
 
+def test_a_sweep_of_one_face_draws_the_unedited_face_once(held_run):
+    from conceptvae.edit import EditPipeline
+
+    pipe = EditPipeline.from_pretrained(held_run)
+    z = torch.randn(8)
+    drawn = []
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda zz: (drawn.append(zz.detach().cpu().clone()), decode(zz))[1]
+    strengths = (0.5, 1.0, 1.5, 2.0)
+    steps = [pipe.face_edit("Smiling", s, z)[0] for s in strengths]
+    unedited = [d for d in drawn if d.shape[0] == 1 and torch.equal(d[0], z)]
+    assert len(unedited) == 1  # once for the sweep, not once per strength
+    for s, step in zip(strengths, steps):  # and every step as if read afresh
+        want = hold_steps(pipe.vae, z[None], s * pipe.direction("Smiling")[None], pipe.readers,
+                          ["Smiling"], ["Male", "Eyeglasses"])[0]  # fmt: skip
+        torch.testing.assert_close(step, want)
+    other = torch.randn(8)  # another face is read afresh
+    pipe.face_edit("Smiling", 1.0, other)
+    assert sum(d.shape[0] == 1 and torch.equal(d[0], other) for d in drawn) == 1
+
+
 def test_cli_refuses_an_unknown_hold_or_one_without_readers(held_run, tmp_path):
     import shutil
 
