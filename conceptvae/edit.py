@@ -359,9 +359,11 @@ class EditPipeline:
         """``E(D(z))`` of a face, kept for the last face asked: a sweep or a GIF of one face
         at many strengths reads the unedited face once, not once per strength."""
         key = z.numpy().tobytes()
-        if self._unedited_cache is None or self._unedited_cache[0] != key:
-            self._unedited_cache = (key, redrawn(self.vae, z))
-        return self._unedited_cache[1]
+        cached = self._unedited_cache  # one read: a server's threads may share the pipeline
+        if cached is None or cached[0] != key:
+            cached = (key, redrawn(self.vae, z))
+            self._unedited_cache = cached
+        return cached[1]
 
     def face_edit(
         self, edit: str, strength: float, z: Any
