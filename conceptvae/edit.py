@@ -337,7 +337,7 @@ class EditPipeline:
     def held(self, edit: str, strength: float = 1.0) -> list[str]:
         """The labels a face keeps under ``edit`` at ``strength`` (see ``hold``): none of the
         edit's own, and none without readers."""
-        if self.readers is None or self.bank is None or self.hold == "none":
+        if self.bank is None:
             return []
         return self._held(self.bank.parse(edit), float(strength))
 

@@ -152,11 +152,19 @@ def free_labels(
 
 
 @torch.inference_mode()
-def redrawn(vae: Any, z: torch.Tensor) -> torch.Tensor:
+def redrawn(
+    vae: Any, z: torch.Tensor | None, drawn: torch.Tensor | None = None, batch_size: int = 256
+) -> torch.Tensor:
     """``E(D(z))`` (B, D) on the CPU: the latent of the face the model draws for ``z``, what
-    the readers read."""
-    x = vae.decode(z.to(vae.device)).float().clamp(0, 1)
-    return vae.encode(x).mean.float().cpu()
+    the readers read. ``drawn``: ``D(z)`` (clamped to [0, 1]) where it is decoded already, so
+    it is only encoded (``z`` may then be None); in batches of ``batch_size``, as
+    :func:`hold_steps` reads them."""
+    if drawn is None:
+        drawn = vae.decode(z.to(vae.device)).float().clamp(0, 1)
+    return torch.cat(
+        [vae.encode(drawn[k : k + batch_size].to(vae.device)).mean.float().cpu()
+         for k in range(0, drawn.shape[0], batch_size)]
+    )  # fmt: skip
 
 
 def _read(vae: Any, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -273,8 +281,18 @@ def choose_holds(
             held = [n for n in free_labels(train_labels, names, name, 1 - label)
                     if n in readers.names]  # fmt: skip
             redraw = redraw_of(records, name, direction)
-            edit = (cal, vae, v, sign, weight, redraw, readers, name, held, direction)
-            plain, holding = _plain_and_held(probe, *_edit_of(probe, *edit))
+            edit = dict(
+                vae=vae,
+                cal=cal,
+                readers=readers,
+                name=name,
+                held=held,
+                step=sign * v,
+                weight=weight,
+                redraw=redraw,
+                adding=direction == "add",
+            )
+            plain, holding = _plain_and_held(probe, **edit)
             kept = _helps(plain, holding)
             record = {"labels": held, "n_faces": int(probe.z.shape[0])}
             if kept:
@@ -287,7 +305,7 @@ def choose_holds(
                     np.random.default_rng([seed, 8, t, label]), avoid=probe.rows,
                     target=judge.names.index(name), others=others, blend="local",
                 )  # fmt: skip
-                plain, holding = _plain_and_held(again, *_edit_of(again, *edit))
+                plain, holding = _plain_and_held(again, **edit)
                 kept = _helps(plain, holding)
                 record["n_faces"] = int(again.z.shape[0])
             records[name][direction] = {
@@ -297,28 +315,21 @@ def choose_holds(
     return records
 
 
-def _edit_of(
-    probe: Any, cal: dict[str, Any], vae: Any, v: torch.Tensor, sign: float, weight: Any,
-    redraw: float, readers: Readers, name: str, held: list[str], direction: str,
-) -> tuple[Any, ...]:  # fmt: skip
-    """:func:`_plain_and_held`'s edit of the probe's faces as edits make it: adding, a face
-    that shows a rival of an exclusive group gets its swap (its step, footprint and redraw),
-    and the hold is chosen on top of that."""
+def _plain_and_held(
+    probe: Any, *, vae: Any, cal: dict[str, Any], readers: Readers, name: str,
+    held: list[str], step: torch.Tensor, weight: Any, redraw: float, adding: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The probe's faces edited by ``step`` plainly and holding ``held``, as edits make it:
+    adding, a face that shows a rival of an exclusive group gets its swap (its step, footprint
+    and redraw), and the hold is chosen on top of that."""
     from conceptvae.calibration import _swapped
 
-    step, w, r = sign * v, weight, redraw
-    if direction == "add" and cal.get("swaps", {}).get(name):
-        step, w, r, _ = _swapped(cal, name, probe.z.cpu().numpy(), v, weight, redraw)
-    return vae, step, readers, name, held, w, r
-
-
-def _plain_and_held(
-    probe: Any, vae: Any, step: torch.Tensor, readers: Readers, name: str, held: list[str],
-    weight: Any, redraw: Any,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """The probe's faces edited by ``step`` ((D,) or each face's (B, D)) plainly and holding
-    ``held``."""
-    steps = hold_steps(vae, probe.z, step, readers, [name], held)
+    if adding and cal.get("swaps", {}).get(name):
+        step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
+                                           redraw)  # fmt: skip
+    unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
+    steps = hold_steps(vae, probe.z, step, readers, [name], held, batch_size=probe.batch_size,
+                       unedited=unedited)  # fmt: skip
     return probe.at(step, weight, redraw), probe.at(steps, weight, redraw)
 
 
