@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
-from conceptvae.hold import held_labels_of, hold_steps, redrawn
+from conceptvae.hold import held_labels_of, hold_margin_of, hold_steps, redrawn
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
 # strength 1: this share of held-out faces judged as wanted. 98%, not 97%: calibrating on 200
@@ -870,7 +870,8 @@ def measure_edits(
         held = held_labels_of(cal.get("calibration", {}), attribute, direction)
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
         if held and cal.get("readers") is not None:  # the unedited faces read as drawn: d0
-            steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held,
+            margin = hold_margin_of(cal.get("calibration", {}), attribute, direction)
+            steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held, margin=margin,
                                unedited=redrawn(vae, None, drawn=d0))  # fmt: skip
             res["held"] = held
         d1 = torch.cat(

@@ -52,7 +52,14 @@ from conceptvae.faces import (
     warp_to_photo,
     whole_image_face,
 )
-from conceptvae.hold import Readers, held_labels_of, hold_steps, redrawn
+from conceptvae.hold import (
+    HOLD_MARGIN,
+    Readers,
+    held_labels_of,
+    hold_margin_of,
+    hold_steps,
+    redrawn,
+)
 from conceptvae.images import Photo, read_image
 from conceptvae.model import ConceptVAE
 
@@ -93,7 +100,8 @@ class EditPipeline:
     model's config, CelebA's 148 crop when it does not say). ``readers`` (saved beside the bank
     by ``conceptvae vectors``) and ``hold``: which labels each face keeps while it is edited
     (:mod:`conceptvae.hold`): ``"auto"`` those each vector's calibration chose to hold, where
-    holding helped; ``"none"``; or label names, held for every edit.
+    holding helped, by the rule it chose; ``"none"``; or label names, held firmly for every
+    edit.
     """
 
     def __init__(
@@ -355,6 +363,17 @@ class EditPipeline:
             found = list(self.hold)
         return [n for n in found if n not in own]
 
+    def _hold_margin(self, terms: list[Term], strength: float) -> float | None:
+        """The hold's rule (:func:`conceptvae.hold.hold_steps`' ``margin``): auto, the firmest
+        its terms' calibration chose; labels the user names are held firmly."""
+        if self.hold != "auto":
+            return HOLD_MARGIN
+        cal = self._bank_state()["calibration"]
+        margins = [m for t in terms
+                   if (m := hold_margin_of(cal, t.name, "add" if t.coef * strength >= 0
+                                           else "remove")) is not None]  # fmt: skip
+        return max(margins) if margins else None
+
     def _unedited(self, z: torch.Tensor) -> torch.Tensor:
         """``E(D(z))`` of a face, kept for the last face asked: a sweep or a GIF of one face
         at many strengths reads the unedited face once, not once per strength."""
@@ -380,6 +399,7 @@ class EditPipeline:
             zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
             names = [t.name for t in terms]
             step = hold_steps(self.vae, zz, step[None], self.readers, names, held,
+                              margin=self._hold_margin(terms, strength),
                               unedited=self._unedited(zz))[0]  # fmt: skip
             step = step.to(self.vae.device)
         return (

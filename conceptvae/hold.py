@@ -7,13 +7,16 @@ every label off that latent with a linear *reader* (a logistic regression per la
 the train split's posterior means). Each held label whose reading changed side, against the
 same reading of the unedited face's decode, is put back with the smallest change of the latent
 that also leaves the edit's own labels' readings where the step took them. Two rounds.
+A *firm* hold (``margin``) also puts back a reading that stayed on its side but moved toward
+the boundary by more than ``margin`` logits: the judge, reading the blended photo rather than
+the redrawn latent, often flips a label the reader only saw weaken.
 
 The readers are the model's own view of the labels (no judge is involved), fitted once by
 ``conceptvae vectors`` and saved beside the bank (``readers.safetensors``). Which labels an
-edit holds, and whether holding helps at all, is decided per vector and direction when the bank
-is calibrated (:func:`choose_holds`): the labels free to vary with the target (|r| < 0.3 and
-not implied by it), kept only where the judge finds less leakage on held-out faces at no real
-cost in success.
+edit holds, whether holding helps at all and whether firmly, is decided per vector and
+direction when the bank is calibrated (:func:`choose_holds`): the labels free to vary with the
+target (|r| < 0.3 and not implied by it), kept only where the judge finds less leakage on
+held-out faces at no real cost in success.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ READERS_NAME = "readers.safetensors"
 HOLD_ROUNDS = 2  # correction rounds per edit
 HOLD_GAIN = 0.003  # a hold is kept where it cuts the judged leakage by at least this
 HOLD_COST = 0.01  # ... and costs at most this much success
+# a firm hold puts back a held reading that moved this many logits toward its boundary; the
+# rules choose_holds tries per direction, the plain (side only) rule first
+HOLD_MARGIN = 1.0
+HOLD_RULES: tuple[float | None, ...] = (None, HOLD_MARGIN)
 MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
 
 
@@ -184,13 +191,16 @@ def hold_steps(
     rounds: int = HOLD_ROUNDS,
     batch_size: int = 256,
     unedited: torch.Tensor | None = None,
+    margin: float | None = None,
 ) -> torch.Tensor:
     """Per face of ``z`` (B, D), its step (``steps`` (B, D) or (D,)) corrected so that no label
     of ``held`` reads differently (its reader's sign on ``E(D(z + step))`` against on
     ``E(D(z))``) while the readings of ``targets`` stay where the step took them. Each round
     moves each face by the least-norm change that puts the changed readings back to the
-    unedited face's values with ``targets`` unchanged. ``unedited``: ``E(D(z))`` when it is
-    known already (:func:`redrawn`; a sweep of one face reads it once). Returns the new steps
+    unedited face's values with ``targets`` unchanged. ``margin`` (a firm hold): a reading
+    that kept its side but moved more than this many logits toward the boundary counts as
+    changed too (None: only a change of side). ``unedited``: ``E(D(z))`` when it is known
+    already (:func:`redrawn`; a sweep of one face reads it once). Returns the new steps
     (B, D)."""
     z = z.float().cpu()
     steps = steps.float().cpu().expand_as(z).clone()
@@ -212,7 +222,10 @@ def hold_steps(
             c0 = unedited[k : k + batch_size].float().cpu() @ wh.T + b_all[h_cols]
         for _ in range(rounds):
             c1 = _read(vae, z1, wh, b_all[h_cols])
-            moved = ((c1 > 0) != (c0 > 0)).float()  # (B, H): the readings that changed side
+            moved = (c1 > 0) != (c0 > 0)  # (B, H): the readings that changed side
+            if margin is not None:  # ... or went more than margin toward it
+                moved |= c0.abs() - c1.abs() > margin
+            moved = moved.float()
             if not bool(moved.any()):
                 break
             n = z1.shape[0]
@@ -239,20 +252,25 @@ def choose_holds(
     min_accuracy: float = 0.90,
     seed: int = 0,
     progress: bool = True,
+    rules: Sequence[float | None] = HOLD_RULES,
 ) -> dict[str, Any]:
     """Per judged vector of ``cal`` (a bank's :func:`~conceptvae.vectors.bank_calibration`)
     and direction: its edit at strength +/-1 (the local blend, its footprint and redraw) on up
     to ``n_faces`` held-out faces, plain and held (:func:`hold_steps`, holding
-    :func:`free_labels` that have readers). The hold is kept where it cuts the judge's leakage
-    by at least ``HOLD_GAIN`` and costs at most ``HOLD_COST`` success, on those faces and again
-    on a second draw of other held-out faces (a hold chosen on faces is helped by their luck, as
-    a strength read off them was). Returns the calibration records with ``hold`` in each
-    direction's: the labels held, ``kept``, both edits' success and leakage on the last draw
-    and the faces measured (``chosen_on``: the first draw's, where there was a second).
-    Vectors, strengths and footprints are unchanged."""
+    :func:`free_labels` that have readers) by each of ``rules`` (``margin``: None holds a
+    label's side, a number holds firmly); the rule that helps most is the one tried. The hold
+    is kept where it cuts the judge's leakage by at least ``HOLD_GAIN`` and costs at most
+    ``HOLD_COST`` success, none of it below the vector's calibration target, on those faces and
+    again on a second draw of other held-out faces (a hold chosen on faces is helped by their
+    luck, as a strength read off them was). Returns the
+    calibration records with ``hold`` in each direction's: the labels held, the rule
+    (``margin``), ``kept``, both edits' success and leakage on the last draw and the faces
+    measured (``chosen_on``: the first draw's, where there was a second). Vectors, strengths
+    and footprints are unchanged."""
     from tqdm.auto import tqdm
 
     from conceptvae.calibration import (
+        CALIBRATION_TARGET,
         _held_probe,
         edit_directions,
         footprint_weight,
@@ -269,6 +287,7 @@ def choose_holds(
         v = torch.as_tensor(np.array(cal["vectors"][name], dtype=np.float32))
         weight = footprint_weight(cal["footprints"][name])
         others = independent_columns(judge, names, train_labels, name, judged)
+        target = float(records[name].get("target", CALIBRATION_TARGET))
         for direction, label, sign in edit_directions(cal, name):
             # each direction's own draws: what is kept elsewhere does not move its faces
             rng = np.random.default_rng([seed, 7, t, label])
@@ -292,9 +311,16 @@ def choose_holds(
                 redraw=redraw,
                 adding=direction == "add",
             )
-            plain, holding = _plain_and_held(probe, **edit)
-            kept = _helps(plain, holding)
-            record = {"labels": held, "n_faces": int(probe.z.shape[0])}
+            plain, holdings = _plain_and_held(probe, margins=rules, **edit)
+            # the rule that cuts leakage most where it helps (the first of equals), else the
+            # one that leaks least
+            best = min(
+                range(len(rules)),
+                key=lambda k: (not _helps(plain, holdings[k], target), holdings[k]["leakage"], k),
+            )
+            margin, holding = rules[best], holdings[best]
+            kept = _helps(plain, holding, target)
+            record = {"labels": held, "margin": margin, "n_faces": int(probe.z.shape[0])}
             if kept:
                 # kept on these faces partly by their luck: read it again on other valid
                 # faces (the same ones where the split has no others), and keep it only if it
@@ -305,8 +331,8 @@ def choose_holds(
                     np.random.default_rng([seed, 8, t, label]), avoid=probe.rows,
                     target=judge.names.index(name), others=others, blend="local",
                 )  # fmt: skip
-                plain, holding = _plain_and_held(again, **edit)
-                kept = _helps(plain, holding)
+                plain, (holding,) = _plain_and_held(again, margins=(margin,), **edit)
+                kept = _helps(plain, holding, target)
                 record["n_faces"] = int(again.z.shape[0])
             records[name][direction] = {
                 **records[name][direction],
@@ -318,27 +344,32 @@ def choose_holds(
 def _plain_and_held(
     probe: Any, *, vae: Any, cal: dict[str, Any], readers: Readers, name: str,
     held: list[str], step: torch.Tensor, weight: Any, redraw: float, adding: bool,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """The probe's faces edited by ``step`` plainly and holding ``held``, as edits make it:
-    adding, a face that shows a rival of an exclusive group gets its swap (its step, footprint
-    and redraw), and the hold is chosen on top of that."""
+    margins: Sequence[float | None] = (None,),
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """The probe's faces edited by ``step`` plainly and holding ``held`` by each rule of
+    ``margins`` (:func:`hold_steps`' ``margin``), as edits make it: adding, a face that shows a
+    rival of an exclusive group gets its swap (its step, footprint and redraw), and the hold
+    is chosen on top of that."""
     from conceptvae.calibration import _swapped
 
     if adding and cal.get("swaps", {}).get(name):
         step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
                                            redraw)  # fmt: skip
     unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
-    steps = hold_steps(vae, probe.z, step, readers, [name], held, batch_size=probe.batch_size,
-                       unedited=unedited)  # fmt: skip
-    return probe.at(step, weight, redraw), probe.at(steps, weight, redraw)
+    holding = []
+    for margin in margins:
+        steps = hold_steps(vae, probe.z, step, readers, [name], held, margin=margin,
+                           batch_size=probe.batch_size, unedited=unedited)  # fmt: skip
+        holding.append(probe.at(steps, weight, redraw))
+    return probe.at(step, weight, redraw), holding
 
 
-def _helps(plain: dict[str, Any], holding: dict[str, Any]) -> bool:
-    """The rule that keeps a hold: ``HOLD_GAIN`` less leakage for at most ``HOLD_COST``."""
-    return bool(
-        holding["leakage"] <= plain["leakage"] - HOLD_GAIN
-        and holding["success"] >= plain["success"] - HOLD_COST
-    )
+def _helps(plain: dict[str, Any], holding: dict[str, Any], target: float) -> bool:
+    """The rule that keeps a hold: ``HOLD_GAIN`` less leakage for at most ``HOLD_COST``
+    success, and only success above the calibration ``target``: an edit strength 1 took to
+    the target stays there, one short of it loses nothing."""
+    floor = max(plain["success"] - HOLD_COST, min(plain["success"], target))
+    return bool(holding["leakage"] <= plain["leakage"] - HOLD_GAIN and holding["success"] >= floor)
 
 
 def _summary(plain: dict[str, Any], holding: dict[str, Any], n: int | None) -> dict[str, Any]:
@@ -355,3 +386,12 @@ def held_labels_of(calibration: dict[str, Any], name: str, direction: str) -> li
     not kept, or the bank was calibrated before holds were chosen)."""
     hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
     return list(hold.get("labels", [])) if hold.get("kept") else []
+
+
+def hold_margin_of(calibration: dict[str, Any], name: str, direction: str) -> float | None:
+    """The rule (:func:`hold_steps`' ``margin``) the kept hold of a calibrated vector's edit in
+    ``direction`` was chosen with: None for a plain hold, for no hold, and for a bank whose
+    holds were chosen before firm holds were tried."""
+    hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
+    margin = hold.get("margin") if hold.get("kept") else None
+    return None if margin is None else float(margin)

@@ -42,7 +42,7 @@ from conceptvae.calibration import (
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
-from conceptvae.hold import Readers, choose_holds
+from conceptvae.hold import HOLD_MARGIN, Readers, choose_holds
 from conceptvae.model import ConceptVAE
 
 LATENTS_DIR = "latents"
@@ -1007,7 +1007,7 @@ def describe_swaps(bank: VectorBank) -> str:
 def describe_holds(bank: VectorBank) -> str:
     """The holds chosen for ``bank``'s vectors: per vector and direction, at +/-1 on held-out
     faces, the edit held and plain (success, leakage), how many labels it holds and whether
-    the hold was kept. Empty when none were chosen."""
+    the hold was kept, and firmly. Empty when none were chosen."""
     cal: dict[str, Any] = bank.metadata.get("calibration", {})
     rows = [(n, d, (cal.get(n, {}).get(d) or {}).get("hold")) for n in bank.names
             for d in ("add", "remove")]  # fmt: skip
@@ -1015,9 +1015,11 @@ def describe_holds(bank: VectorBank) -> str:
     if not rows:
         return ""
     kept = sum(bool(h.get("kept")) for _, _, h in rows)
+    firm = sum(bool(h.get("kept")) and h.get("margin") is not None for _, _, h in rows)
     lines = [
         f"holds: an edit puts back, per face, the free labels its step changed; kept in {kept} "
-        f"of {len(rows)} directions",
+        f"of {len(rows)} directions ({firm} firm: also the readings it weakened by more than "
+        f"{HOLD_MARGIN:g} logit)",
         f"{'vector':<20} {'dir':<6} {'faces':>5} {'held':>4} {'held: success':>13} {'leak':>6} "
         f"{'plain: success':>14} {'leak':>6}  kept",
     ]
@@ -1027,6 +1029,6 @@ def describe_holds(bank: VectorBank) -> str:
             f"{n:<20} {d:<6} {h.get('n_faces', 0):>5} {len(h.get('labels', [])):>4} "
             f"{h['success_at_1']:>13.1%} {h['leakage_at_1']:>6.1%} "
             f"{plain.get('success_at_1', 0.0):>14.1%} {plain.get('leakage_at_1', 0.0):>6.1%}  "
-            f"{'yes' if h.get('kept') else 'no'}"
+            f"{('yes, firm' if h.get('margin') is not None else 'yes') if h.get('kept') else 'no'}"
         )
     return "\n".join(lines)

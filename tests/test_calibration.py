@@ -867,15 +867,12 @@ class TwoSquaresNet(nn.Module):
         return 400 * torch.stack([a, c], 1)
 
 
-def _held_eval(root, holds):
-    """Train: A = z0 > 0 (z0 = +-1), C = z1 > 0, independent labels (r = 0). Each class of A
-    has as many faces just either side of C's boundary (z1 = +-0.1), which makes C's reader
-    z1's sign, and one face out on each side, further out on A's side (z1 = 2.5 and -0.5;
-    -2.5 and 0.5 without A): A's mean vector steps +0.5 in z1 for +2 in z0. Valid and test
-    faces sit at z1 = -+0.1 or -+1.0: adding A (removing it) gives (takes) C to (from) the
-    first half, and a hold gives it back."""
+def _two_label_eval(root, with_a, without_a_z1, with_a_z1, net, holds=True):
+    """``evaluate`` (mean, holds) of A in a world of two labels, A = z0 > 0 and C = z1 > 0:
+    train faces ``with_a`` (z0, z1) cells and their mirror images without A, five times each;
+    valid and test faces at z0 = -+0.04k and -+0.1k, alternately at the first and second z1 of
+    ``without_a_z1`` (without A) and ``with_a_z1`` (with A); judged by ``net``."""
     vae = RoundTripVAE()
-    with_a = [(1, 0.1)] * 3 + [(1, -0.1)] * 3 + [(1, 2.5), (1, -0.5)]
     cells = (with_a + [(-a, -c) for a, c in with_a]) * 5
     z_train = np.array([[a, c, 0, 0] for a, c in cells], np.float64)
 
@@ -883,18 +880,67 @@ def _held_eval(root, holds):
         z = np.zeros((2 * mags.size, D))
         z[:, 0] = np.concatenate([-mags, mags])
         near = np.arange(mags.size) % 2 == 0
-        z[:, 1] = np.concatenate([np.where(near, -0.1, -1.0), np.where(near, 0.1, 1.0)])
+        z[:, 1] = np.concatenate([np.where(near, *without_a_z1), np.where(near, *with_a_z1)])
         return z
 
     z = np.concatenate([z_train, faces(0.04 * np.arange(1, 21)), faces(0.1 * np.arange(1, 9))])
     labels = (z[:, :2] > 0).astype(np.uint8)
-    partition = np.repeat([0, 1, 2], [80, 40, 16])
+    partition = np.repeat([0, 1, 2], [len(z_train), 40, 16])
     cache = write_cache(root / "cache", _cache_images(vae, z), labels, ["A", "C"], partition)
-    judge = Judge(TwoSquaresNet(), ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 1.0}, image_size=S)
+    judge = Judge(net, ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 1.0}, image_size=S)
     return evaluate(
         vae, cache, None, judge, methods=("mean",), strengths=(1.0,), attributes=["A"],
         n_faces=50, n_samples=0, n_recon=4, progress=False, holds=holds,
     )  # fmt: skip
+
+
+def _held_eval(root, holds):
+    """Train: A = z0 > 0 (z0 = +-1), C = z1 > 0, independent labels (r = 0). Each class of A
+    has as many faces just either side of C's boundary (z1 = +-0.1), which makes C's reader
+    z1's sign, and one face out on each side, further out on A's side (z1 = 2.5 and -0.5;
+    -2.5 and 0.5 without A): A's mean vector steps +0.5 in z1 for +2 in z0. Valid and test
+    faces sit at z1 = -+0.1 or -+1.0: adding A (removing it) gives (takes) C to (from) the
+    first half, and a hold gives it back."""
+    with_a = [(1, 0.1)] * 3 + [(1, -0.1)] * 3 + [(1, 2.5), (1, -0.5)]
+    return _two_label_eval(root, with_a, (-0.1, -1.0), (0.1, 1.0), TwoSquaresNet(), holds)
+
+
+class OffsetSquaresNet(nn.Module):
+    """TwoSquaresNet whose C boundary sits at z1 = 0.3, not at the labels' 0: a face the
+    readers (fitted on the labels) still read as C, the judge may not."""
+
+    def forward(self, x):
+        a = region_mean(x, BRIGHT_CORE) - 0.5
+        c = region_mean(x, SQUARE_CORE) - 0.53
+        return 400 * torch.stack([a, c], 1)
+
+
+def _firm_eval(root):
+    """Train as in ``_held_eval``, but with two far faces a side, swapped: A's mean vector
+    steps -0.8 in z1 for +2 in z0; and the judge's C boundary is at z1 = 0.3. Valid and test
+    faces without A sit at z1 = 0.45 or 1.5: adding A at strength 1 (about 0.49 of the
+    vector, z1 -0.39) takes the first half across the judge's boundary to 0.06, where the
+    readers (boundary 0) still read C, 1.5 logits weaker: holding C's side does nothing,
+    holding it firmly puts it back. Faces with A sit at z1 = -1.5 or -2.0, where removing A
+    leaves C alone."""
+    with_a = [(1, 0.1)] * 3 + [(1, -0.1)] * 3 + [(1, -2.5)] * 2 + [(1, 0.5)] * 2
+    return _two_label_eval(root, with_a, (0.45, 1.5), (-1.5, -2.0), OffsetSquaresNet())
+
+
+def test_a_firm_hold_is_chosen_where_holding_a_labels_side_cannot_help(tmp_path):
+    from conceptvae.hold import HOLD_MARGIN
+
+    result = _firm_eval(tmp_path)
+    cal = result["calibrated"]["A"]["methods"]["mean"]["calibration"]
+    rec = cal["add"]["hold"]
+    # half the faces cross the judge's C boundary but not the readers': only firmly held do
+    # they keep C, so the firm rule is chosen on valid and kept
+    assert rec["kept"] and rec["labels"] == ["C"] and rec["margin"] == HOLD_MARGIN
+    assert rec["plain"]["leakage_at_1"] == 0.5 and rec["leakage_at_1"] == 0.0
+    rows = {r["direction"]: r for r in result["calibrated_summary"]}
+    assert rows["add"]["success"] == 1.0 and rows["add"]["leakage"] == 0.0  # on test, held
+    assert rows["add"]["held"] == ["C"]
+    assert not cal["remove"]["hold"]["kept"] and rows["remove"]["leakage"] == 0.0
 
 
 def test_evaluate_measures_each_methods_edits_with_the_holds_chosen_on_valid(tmp_path):

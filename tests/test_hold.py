@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from conceptvae.errors import ModelError
-from conceptvae.hold import READERS_NAME, Readers, free_labels, held_labels_of, hold_steps
+from conceptvae.hold import (
+    HOLD_MARGIN,
+    READERS_NAME,
+    Readers,
+    free_labels,
+    held_labels_of,
+    hold_margin_of,
+    hold_steps,
+)
 
 
 class IdentityVAE:
@@ -84,6 +92,29 @@ def test_hold_puts_back_only_the_labels_a_face_lost_and_keeps_the_target():
     torch.testing.assert_close(out[:, 2:], step[2:].expand(3, 2))  # least change: H only
 
 
+def test_a_firm_hold_also_puts_back_a_reading_that_only_weakened():
+    """H reads 4 z1 - 2, T reads z0. The step adds T and lowers z1 by 0.45 (H by 1.8): the
+    face at H = 2 keeps its side (a plain hold leaves it) but moves 1.8 toward the boundary,
+    more than the margin of 1, so a firm hold puts it back at 2; the face at H = -0.2 is
+    pushed away from the boundary (left alone), and the face at H = 0.4 crosses it and is put
+    back by either rule."""
+    readers = Readers(["T", "H"], np.array([[1, 0, 0], [0, 4, 0]], np.float32),
+                      np.array([0, -2], np.float32))  # fmt: skip
+    z = torch.tensor([[0.1, 1.0, 0.2], [0.1, 0.45, 0.2], [0.1, 0.6, 0.2]])
+    step = torch.tensor([0.5, -0.45, 0.0])
+    back = torch.tensor([0.5, 0.0, 0.0])  # T added, H where it was
+    plain = hold_steps(IdentityVAE(), z, step, readers, ["T"], ["H"])
+    firm = hold_steps(IdentityVAE(), z, step, readers, ["T"], ["H"], margin=1.0)
+    torch.testing.assert_close(plain[:2], step.expand(2, 3))  # no side changed: untouched
+    torch.testing.assert_close(firm[0], back)
+    for out in (plain, firm):
+        torch.testing.assert_close(out[1], step)  # moved away from the boundary: left alone
+        torch.testing.assert_close(out[2], back)  # crossed: put back
+        torch.testing.assert_close(out[:, 0], step[0].expand(3))  # T moved as planned
+    wide = hold_steps(IdentityVAE(), z, step, readers, ["T"], ["H"], margin=2.5)
+    torch.testing.assert_close(wide[0], step)  # 1.8 is within a margin of 2.5
+
+
 def test_holding_nothing_or_only_the_target_changes_nothing():
     readers = Readers(["T", "H"], np.eye(2, 3, dtype=np.float32), np.zeros(2, np.float32))
     z = torch.rand(4, 3)
@@ -110,13 +141,34 @@ def test_free_labels_leave_out_the_target_correlated_implied_and_constant_labels
 
 def test_held_labels_of_reads_only_kept_holds():
     cal = {
-        "A": {"add": {"hold": {"labels": ["B", "C"], "kept": True}},
-              "remove": {"hold": {"labels": ["B"], "kept": False}}},
+        "A": {"add": {"hold": {"labels": ["B", "C"], "kept": True, "margin": 1.0}},
+              "remove": {"hold": {"labels": ["B"], "kept": False, "margin": 1.0}}},
         "Old": {"add": {"success_at_1": 0.99}},
+        "Plain": {"add": {"hold": {"labels": ["B"], "kept": True, "margin": None}},
+                  "remove": {"hold": {"labels": ["B"], "kept": True}}},  # before firm holds
     }  # fmt: skip
     assert held_labels_of(cal, "A", "add") == ["B", "C"]
     assert held_labels_of(cal, "A", "remove") == []
     assert held_labels_of(cal, "Old", "add") == [] and held_labels_of(cal, "Nope", "add") == []
+    assert hold_margin_of(cal, "A", "add") == 1.0
+    for name, d in (("A", "remove"), ("Old", "add"), ("Plain", "add"), ("Plain", "remove")):
+        assert hold_margin_of(cal, name, d) is None
+
+
+def test_a_hold_may_cost_success_only_above_the_calibration_target():
+    from conceptvae.hold import _helps
+
+    def run(success, leakage):
+        return {"success": success, "leakage": leakage}
+
+    plain = run(0.995, 0.05)
+    assert _helps(plain, run(0.986, 0.04), 0.98)  # 0.9 points, still above 98%
+    assert not _helps(plain, run(0.984, 0.04), 0.98)  # more than a point
+    assert not _helps(plain, run(0.995, 0.048), 0.98)  # too little less leakage
+    near = run(0.985, 0.05)  # half a point above the target: only that much may go
+    assert _helps(near, run(0.98, 0.04), 0.98) and not _helps(near, run(0.978, 0.04), 0.98)
+    short = run(0.96, 0.05)  # short of the target: nothing may go
+    assert _helps(short, run(0.96, 0.04), 0.98) and not _helps(short, run(0.955, 0.04), 0.98)
 
 
 def test_readers_written_by_the_cli_can_be_read_back_as_json_names(tmp_path):
@@ -172,6 +224,45 @@ def test_pipeline_holds_what_calibration_chose_or_what_the_user_names(held_run):
     torch.testing.assert_close(step, want)
     plain, _, _ = EditPipeline.from_pretrained(held_run, hold="none").face_edit("Smiling", 1, z)
     torch.testing.assert_close(plain, pipe.direction("Smiling"))
+    # labels the user names are held firmly
+    step, _, _ = named.face_edit("Male", -1.0, z)
+    want = hold_steps(named.vae, z[None], -named.direction("Male")[None], named.readers,
+                      ["Male"], ["Eyeglasses"], margin=HOLD_MARGIN)[0]  # fmt: skip
+    torch.testing.assert_close(step, want)
+
+
+def test_pipeline_holds_by_the_rule_calibration_chose(held_run, tmp_path):
+    """The Smiling addition's hold chosen firm (margin 1): Male's reader is built to drop by
+    3 logits between this face's drawing and its edit's, staying positive (5 to 2), so only
+    the firm rule corrects the step, and the pipeline's step is that one."""
+    import shutil
+
+    from attributes.bank import VectorBank
+    from conceptvae.edit import EditPipeline
+    from conceptvae.hold import redrawn
+
+    run = tmp_path / "firm"
+    shutil.copytree(held_run, run)
+    bank = VectorBank.load(run)
+    meta = bank.metadata
+    meta["calibration"]["Smiling"]["add"]["hold"]["margin"] = 1.0
+    VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+               footprints=bank.footprints).save(run)  # fmt: skip
+    plain_pipe = EditPipeline.from_pretrained(run, hold="none")
+    z = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    step = plain_pipe.direction("Smiling")
+    a, b = redrawn(plain_pipe.vae, z[None])[0], redrawn(plain_pipe.vae, (z + step)[None])[0]
+    w = -3 * (b - a) / (b - a).dot(b - a)  # reads 3 less on the edit's drawing
+    readers = Readers.load(run)
+    readers.weight[1] = w.numpy()
+    readers.bias[1] = 5 - float(w @ a)  # 5 on the face's own drawing, 2 on the edit's
+    readers.save(run)
+    pipe = EditPipeline.from_pretrained(run)
+    held, _, _ = pipe.face_edit("Smiling", 1.0, z)
+    args = (pipe.vae, z[None], step[None], pipe.readers, ["Smiling"], ["Male", "Eyeglasses"])
+    torch.testing.assert_close(held, hold_steps(*args, margin=1.0)[0])
+    torch.testing.assert_close(hold_steps(*args)[0], step)  # a plain hold leaves it ...
+    assert float(w @ (held - step)) > 2.99  # ... the firm one adds back (at least) the 3
 
 
 def test_a_sweep_of_one_face_draws_the_unedited_face_once(held_run):
