@@ -171,6 +171,29 @@ def test_a_hold_may_cost_success_only_above_the_calibration_target():
     assert _helps(short, run(0.96, 0.04), 0.98) and not _helps(short, run(0.955, 0.04), 0.98)
 
 
+def test_the_holds_report_says_which_directions_hold_and_how_firmly():
+    from attributes.bank import VectorBank
+    from conceptvae.vectors import describe_holds
+
+    def hold(kept, margin, success, leakage):
+        return {"labels": ["B", "C"], "kept": kept, "margin": margin, "n_faces": 600,
+                "success_at_1": success, "leakage_at_1": leakage,
+                "plain": {"success_at_1": 0.99, "leakage_at_1": 0.05}}  # fmt: skip
+
+    cal = {
+        "A": {"add": {"hold": hold(True, 1.0, 0.985, 0.03)},
+              "remove": {"hold": hold(True, None, 0.99, 0.04)}},
+        "B": {"add": {"hold": hold(False, 1.0, 0.95, 0.02)}},
+    }  # fmt: skip
+    bank = VectorBank({"A": np.ones(3), "B": np.ones(3)}, metadata={"calibration": cal})
+    lines = describe_holds(bank).splitlines()
+    assert "kept in 2 of 3 directions (1 firm" in lines[0]
+    row = {tuple(x.split()[:2]): x for x in lines[2:]}
+    assert row[("A", "add")].endswith("yes, firm") and "98.5%" in row[("A", "add")]
+    assert row[("A", "remove")].endswith("yes") and row[("B", "add")].endswith("no")
+    assert describe_holds(VectorBank({"A": np.ones(3)})) == ""
+
+
 def test_readers_written_by_the_cli_can_be_read_back_as_json_names(tmp_path):
     readers = Readers(["Smiling", "Male"], np.ones((2, 4), np.float32), np.zeros(2, np.float32))
     path = readers.save(tmp_path)
