@@ -874,6 +874,8 @@ def measure_edits(
             steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held, margin=margin,
                                unedited=redrawn(vae, None, drawn=d0))  # fmt: skip
             res["held"] = held
+            if margin is not None:
+                res["hold_margin"] = margin
         d1 = torch.cat(
             [_decode(vae, z0[k : k + 256] + steps[k : k + 256]).cpu()
              for k in range(0, rows.size, 256)]
@@ -1120,6 +1122,7 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
                     "leakage_by_method": {m: x["leakage"] for m, x in cells.items()},
                     "why": c.get("why", []),
                     "held": list(v["methods"][best][d].get("held", [])),
+                    "hold_margin": v["methods"][best][d].get("hold_margin"),
                 }
             )  # fmt: skip
             rows[-1]["verdict"] = verdict(rows[-1])[0]

@@ -941,6 +941,9 @@ def test_a_firm_hold_is_chosen_where_holding_a_labels_side_cannot_help(tmp_path)
     assert rows["add"]["success"] == 1.0 and rows["add"]["leakage"] == 0.0  # on test, held
     assert rows["add"]["held"] == ["C"]
     assert not cal["remove"]["hold"]["kept"] and rows["remove"]["leakage"] == 0.0
+    text = "\n".join(calibrated_markdown(result))
+    assert "| A | add | mean + firm hold | 1.00 | 0.000 |" in text
+    assert "| A | remove | mean | " in text
 
 
 def test_evaluate_measures_each_methods_edits_with_the_holds_chosen_on_valid(tmp_path):

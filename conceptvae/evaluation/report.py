@@ -314,6 +314,13 @@ def _md_direction(
     return lines
 
 
+def _hold_tag(cell: dict[str, Any]) -> str:
+    """What follows a method held in the tables: its hold, and whether it holds firmly."""
+    if not cell.get("held"):
+        return ""
+    return " + firm hold" if cell.get("hold_margin") is not None else " + hold"
+
+
 def calibrated_markdown(result: dict[str, Any]) -> list[str]:
     """The calibrated section of report.md: strength +1/-1 per attribute, best method, and
     every method and blend."""
@@ -340,7 +347,7 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         + (
             ", with swaps and holds chosen there as `conceptvae vectors` chooses them (**+ hold**: "
             "the direction's hold was kept, and its edits hold the labels free to vary with the "
-            "target)"
+            "target; **+ firm hold**: also the readings its step weakened by more than 1 logit)"
             if result["settings"].get("holds")
             else ""
         )
@@ -374,7 +381,7 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
         kind = r.get("verdict") or ("works" if r["works"] else "-")
         lines.append(
             f"| {r['attribute']} | {r['direction']} | {r['best_method']}"
-            f"{' + hold' if r.get('held') else ''} | {_f(r['success'])} | "
+            f"{_hold_tag(r)} | {_f(r['success'])} | "
             f"{_f(r['leakage'], 3)} | {_f(r['leakage_visible'], 3)} | "
             f"{_f(r.get('leakage_free'), 3)} | {_f(r['ssim'], 3)} | "
             f"{_f(r['ssim_outside'], 3)} | {kind} | "
@@ -403,7 +410,7 @@ def calibrated_markdown(result: dict[str, Any]) -> list[str]:
                     f"{_f(r[b]['ssim_outside'], 3)}"
                     for b in blends
                 ]
-                m_ = f"{m} + hold" if r.get("held") else m
+                m_ = f"{m}{_hold_tag(r)}"
                 lines.append(f"| {a} | {d} | {m_} | " + " | ".join(cells) + f" | {unit:.2f} |")
         if v["hidden"]:
             lines.append(f"| {a} | | hides: {', '.join(v['hidden'])} | |" + " |" * len(blends))
