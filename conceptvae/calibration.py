@@ -320,6 +320,10 @@ class EditProbe:
             self._last = (step.clone(), d1)
         return self._last[1]
 
+    def drawn(self, step: torch.Tensor) -> torch.Tensor:
+        """``D(z + step)`` of every face (as :meth:`at` decodes it, once per step)."""
+        return torch.cat(self._decoded(step))
+
     def _success(self, verdicts: torch.Tensor) -> float:
         hit = verdicts[:, self.target] if self.adding else ~verdicts[:, self.target]
         return float(hit.float().mean()) if hit.numel() else float("nan")

@@ -347,32 +347,26 @@ class EditPipeline:
         edit's own, and none without readers."""
         if self.bank is None:
             return []
-        return self._held(self.bank.parse(edit), float(strength))
+        return self._held(self.bank.parse(edit), float(strength))[0]
 
-    def _held(self, terms: list[Term], strength: float) -> list[str]:
+    def _held(self, terms: list[Term], strength: float) -> tuple[list[str], float | None]:
+        """The labels held and the rule (:func:`conceptvae.hold.hold_steps`' ``margin``):
+        auto, those each term's calibration chose, by the firmest rule among them; labels the
+        user names are held firmly."""
         if self.readers is None or self.hold == "none":
-            return []
+            return [], None
         own = {t.name for t in terms}
-        if self.hold == "auto":
-            cal = self._bank_state()["calibration"]
-            found: list[str] = []
-            for t in terms:
-                d = "add" if t.coef * strength >= 0 else "remove"
-                found += [n for n in held_labels_of(cal, t.name, d) if n not in found]
-        else:
-            found = list(self.hold)
-        return [n for n in found if n not in own]
-
-    def _hold_margin(self, terms: list[Term], strength: float) -> float | None:
-        """The hold's rule (:func:`conceptvae.hold.hold_steps`' ``margin``): auto, the firmest
-        its terms' calibration chose; labels the user names are held firmly."""
         if self.hold != "auto":
-            return HOLD_MARGIN
+            return [n for n in self.hold if n not in own], HOLD_MARGIN
         cal = self._bank_state()["calibration"]
-        margins = [m for t in terms
-                   if (m := hold_margin_of(cal, t.name, "add" if t.coef * strength >= 0
-                                           else "remove")) is not None]  # fmt: skip
-        return max(margins) if margins else None
+        found: list[str] = []
+        margins: list[float] = []
+        for t in terms:
+            d = "add" if t.coef * strength >= 0 else "remove"
+            found += [n for n in held_labels_of(cal, t.name, d) if n not in found]
+            if (m := hold_margin_of(cal, t.name, d)) is not None:
+                margins.append(m)
+        return [n for n in found if n not in own], max(margins, default=None)
 
     def _unedited(self, z: torch.Tensor) -> torch.Tensor:
         """``E(D(z))`` of a face, kept for the last face asked: a sweep or a GIF of one face
@@ -394,13 +388,12 @@ class EditPipeline:
         strength = float(strength)
         terms, swapped = self._plan(edit, strength, z)
         step = self._step(terms, swapped, strength)
-        held = self._held(terms, strength) if z is not None else []
+        held, margin = self._held(terms, strength) if z is not None else ([], None)
         if held and bool(step.abs().max() > 0):
             zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
             names = [t.name for t in terms]
             step = hold_steps(self.vae, zz, step[None], self.readers, names, held,
-                              margin=self._hold_margin(terms, strength),
-                              unedited=self._unedited(zz))[0]  # fmt: skip
+                              margin=margin, unedited=self._unedited(zz))[0]  # fmt: skip
             step = step.to(self.vae.device)
         return (
             step,

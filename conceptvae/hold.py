@@ -174,11 +174,6 @@ def redrawn(
     )  # fmt: skip
 
 
-def _read(vae: Any, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The readers' logits of ``E(D(z))``: what the model sees in the face it draws."""
-    return redrawn(vae, z) @ w.T + b
-
-
 @torch.inference_mode()
 def hold_steps(
     vae: Any,
@@ -191,6 +186,7 @@ def hold_steps(
     rounds: int = HOLD_ROUNDS,
     batch_size: int = 256,
     unedited: torch.Tensor | None = None,
+    edited: torch.Tensor | None = None,
     margin: float | None = None,
 ) -> torch.Tensor:
     """Per face of ``z`` (B, D), its step (``steps`` (B, D) or (D,)) corrected so that no label
@@ -200,8 +196,9 @@ def hold_steps(
     unedited face's values with ``targets`` unchanged. ``margin`` (a firm hold): a reading
     that kept its side but moved more than this many logits toward the boundary counts as
     changed too (None: only a change of side). ``unedited``: ``E(D(z))`` when it is known
-    already (:func:`redrawn`; a sweep of one face reads it once). Returns the new steps
-    (B, D)."""
+    already (:func:`redrawn`; a sweep of one face reads it once); ``edited``: ``E(D(z +
+    steps))``, likewise (the first round reads it instead of drawing the edit again). Returns
+    the new steps (B, D)."""
     z = z.float().cpu()
     steps = steps.float().cpu().expand_as(z).clone()
     held = [h for h in held if h not in set(targets)]
@@ -211,17 +208,20 @@ def hold_steps(
     b_all = torch.from_numpy(readers.bias)
     h_cols = readers.columns(held)
     t_cols = readers.columns(targets)
-    wh, wt = w_all[h_cols], w_all[t_cols]
+    wh, wt, bh = w_all[h_cols], w_all[t_cols], b_all[h_cols]
+
+    def read(drawn_z: torch.Tensor | None, z_: torch.Tensor) -> torch.Tensor:
+        # the held readings of a face as drawn: given, else drawn here
+        return (redrawn(vae, z_) if drawn_z is None else drawn_z.float().cpu()) @ wh.T + bh
+
     out = []
     for k in range(0, z.shape[0], batch_size):
-        z0 = z[k : k + batch_size]
-        z1 = z0 + steps[k : k + batch_size]
-        if unedited is None:
-            c0 = _read(vae, z0, wh, b_all[h_cols])
-        else:
-            c0 = unedited[k : k + batch_size].float().cpu() @ wh.T + b_all[h_cols]
-        for _ in range(rounds):
-            c1 = _read(vae, z1, wh, b_all[h_cols])
+        sl = slice(k, k + batch_size)
+        z0 = z[sl]
+        z1 = z0 + steps[sl]
+        c0 = read(None if unedited is None else unedited[sl], z0)
+        for r in range(rounds):
+            c1 = read(edited[sl] if r == 0 and edited is not None else None, z1)
             moved = (c1 > 0) != (c0 > 0)  # (B, H): the readings that changed side
             if margin is not None:  # ... or went more than margin toward it
                 moved |= c0.abs() - c1.abs() > margin
@@ -355,13 +355,17 @@ def _plain_and_held(
     if adding and cal.get("swaps", {}).get(name):
         step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
                                            redraw)  # fmt: skip
+    plain = probe.at(step, weight, redraw)
+    # what every rule reads first, read once, from the faces the probe has decoded already
     unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
+    edited = redrawn(vae, None, drawn=probe.drawn(step), batch_size=probe.batch_size)
     holding = []
     for margin in margins:
         steps = hold_steps(vae, probe.z, step, readers, [name], held, margin=margin,
-                           batch_size=probe.batch_size, unedited=unedited)  # fmt: skip
+                           batch_size=probe.batch_size, unedited=unedited,
+                           edited=edited)  # fmt: skip
         holding.append(probe.at(steps, weight, redraw))
-    return probe.at(step, weight, redraw), holding
+    return plain, holding
 
 
 def _helps(plain: dict[str, Any], holding: dict[str, Any], target: float) -> bool:
