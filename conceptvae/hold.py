@@ -388,14 +388,19 @@ def _summary(plain: dict[str, Any], holding: dict[str, Any], n: int | None) -> d
 def held_labels_of(calibration: dict[str, Any], name: str, direction: str) -> list[str]:
     """The labels a calibrated vector's edit in ``direction`` holds (empty: none; the hold was
     not kept, or the bank was calibrated before holds were chosen)."""
-    hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
-    return list(hold.get("labels", [])) if hold.get("kept") else []
+    hold = _kept_hold(calibration, name, direction)
+    return list(hold.get("labels", []))
 
 
 def hold_margin_of(calibration: dict[str, Any], name: str, direction: str) -> float | None:
     """The rule (:func:`hold_steps`' ``margin``) the kept hold of a calibrated vector's edit in
     ``direction`` was chosen with: None for a plain hold, for no hold, and for a bank whose
     holds were chosen before firm holds were tried."""
-    hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
-    margin = hold.get("margin") if hold.get("kept") else None
+    margin = _kept_hold(calibration, name, direction).get("margin")
     return None if margin is None else float(margin)
+
+
+def _kept_hold(calibration: dict[str, Any], name: str, direction: str) -> dict[str, Any]:
+    """The hold record of a vector's edit in ``direction`` where it was kept, else {}."""
+    hold = ((calibration.get(name) or {}).get(direction) or {}).get("hold") or {}
+    return hold if hold.get("kept") else {}
