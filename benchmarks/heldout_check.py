@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     "method": method,
                     "hidden": hidden.get(a, []),
                     "held": res[d].get("held", []),
+                    "reach": res[d].get("reach"),
                 }
             )  # fmt: skip
             # by person: a person's faces tend to succeed or fail together

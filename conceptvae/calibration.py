@@ -33,13 +33,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
-from conceptvae.hold import held_labels_of, hold_margin_of, hold_steps, redrawn
+from conceptvae.hold import (
+    held_labels_of,
+    hold_margin_of,
+    hold_steps,
+    reach_of,
+    reach_steps,
+    redrawn,
+)
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
 # strength 1: this share of held-out faces judged as wanted. 98%, not 97%: calibrating on 200
@@ -870,9 +878,17 @@ def measure_edits(
             steps, w_rows, r_rows, res["swapped"] = _swapped(
                 cal, attribute, z[rows], v, weight, redraw
             )
-        # a vector whose hold was kept holds its labels on each face (conceptvae.hold)
-        held = held_labels_of(cal.get("calibration", {}), attribute, direction)
+        # a vector whose edit was chosen to stop each face at its reach does so, and one
+        # whose hold was kept holds its labels on each face (conceptvae.hold)
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
+        reach = reach_of(cal.get("calibration", {}), attribute, direction)
+        if reach is not None and cal.get("readers") is not None:
+            # read on the crops as the local blend shows them
+            seen = partial(crop_edit, x, d0, blend="local", weight=w_rows, redraw=r_rows)
+            steps = reach_steps(vae, z0, steps, cal["readers"], attribute, label == 0, reach,
+                                seen=seen)  # fmt: skip
+            res["reach"] = reach
+        held = held_labels_of(cal.get("calibration", {}), attribute, direction)
         if held and cal.get("readers") is not None:  # the unedited faces read as drawn: d0
             margin = hold_margin_of(cal.get("calibration", {}), attribute, direction)
             steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held, margin=margin,
@@ -1127,6 +1143,7 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
                     "why": c.get("why", []),
                     "held": list(v["methods"][best][d].get("held", [])),
                     "hold_margin": v["methods"][best][d].get("hold_margin"),
+                    "reach": v["methods"][best][d].get("reach"),
                 }
             )  # fmt: skip
             rows[-1]["verdict"] = verdict(rows[-1])[0]

@@ -653,7 +653,7 @@ _EXCLUSIVE_HELP = (
     "--holds-only",
     is_flag=True,
     help="Keep RUN's vectors, strengths and swaps; fit the labels' readers and choose each "
-    "vector's hold on the valid split (minutes, not a full fit).",
+    "vector's hold and reach on the valid split (minutes, not a full fit).",
 )
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -694,7 +694,8 @@ def vectors(
     Labels a face shows at most one of (--exclusive; hair colours by default) also get swaps:
     adding brown hair to a blond face is its own calibrated step, not the brown-hair vector.
     Each label also gets a reader (RUN/readers.safetensors), and each vector a hold where it
-    helps: an edit puts back, per face, the other labels its step changed.
+    helps: an edit puts back, per face, the other labels its step changed, or stops each face
+    where the model reads the label clearly (a reach), or both.
     """
     from pathlib import Path
 
@@ -911,7 +912,8 @@ def _photo_cells(images, max_side: int = 512):
               help="Gradient steps fitting z to the face before editing.")  # fmt: skip
 @click.option("--hold", default="auto", show_default=True,
               help="Labels each face keeps while it is edited: auto (those each vector's "
-                   "calibration chose to hold), none, or names, e.g. Male,Eyeglasses.")  # fmt: skip
+                   "calibration chose to hold, and its reach), none (every face the same "
+                   "step), or names, e.g. Male,Eyeglasses.")  # fmt: skip
 @device_option
 def edit(
     run: str,

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from PIL import Image
 from attributes.bank import Term, VectorBank
 from conceptvae.calibration import (
     combined_weight,
+    crop_edit,
     footprint_weight,
     redraw_of,
     redraw_weight,
@@ -58,6 +60,9 @@ from conceptvae.hold import (
     held_labels_of,
     hold_margin_of,
     hold_steps,
+    reach_of,
+    reach_readings,
+    reach_scales,
     redrawn,
 )
 from conceptvae.images import Photo, read_image
@@ -101,7 +106,9 @@ class EditPipeline:
     by ``conceptvae vectors``) and ``hold``: which labels each face keeps while it is edited
     (:mod:`conceptvae.hold`): ``"auto"`` those each vector's calibration chose to hold, where
     holding helped, by the rule it chose; ``"none"``; or label names, held firmly for every
-    edit.
+    edit. With ``"auto"`` (or label names), an edit of one vector whose calibration chose a
+    *reach* also moves each face only as far as the model needs to read the attribute clearly
+    (:func:`conceptvae.hold.reach_scales`); ``"none"`` moves every face by the same step.
     """
 
     def __init__(
@@ -134,6 +141,7 @@ class EditPipeline:
         self.readers = readers
         self.hold = _check_hold(hold, readers)
         self._unedited_cache: tuple[bytes, torch.Tensor] | None = None  # see _unedited
+        self._reach_cache: tuple[tuple[Any, ...], float] | None = None  # see _reach_scale
 
     @classmethod
     def from_pretrained(
@@ -368,6 +376,32 @@ class EditPipeline:
                 margins.append(m)
         return [n for n in found if n not in own], max(margins, default=None)
 
+    def _reach_scale(
+        self, terms: list[Term], swapped: dict[int, str], strength: float, step: torch.Tensor,
+        z: Any, seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> float:  # fmt: skip
+        """The share of its step a face moves under an edit of one vector whose calibration
+        chose a reach (:func:`conceptvae.hold.reach_scales`, read at the face's strength-1
+        step, so a sweep scales every strength alike, on what ``seen`` shows); 1 for anything
+        else. Kept for the last face and edit asked: a sweep reads it once."""
+        if self.readers is None or self.hold == "none" or len(terms) != 1:
+            return 1.0
+        t = terms[0]
+        direction = "add" if t.coef * strength >= 0 else "remove"
+        reach = reach_of(self._bank_state()["calibration"], t.name, direction)
+        if reach is None or t.name not in self.readers.names:
+            return 1.0
+        zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
+        key = (zz.numpy().tobytes(), t.name, direction, swapped.get(0), reach, seen is None)
+        cached = self._reach_cache
+        if cached is None or cached[0] != key:
+            unit = step.float().cpu() / abs(strength * t.coef)
+            readings, _ = reach_readings(self.vae, zz, unit[None], self.readers, t.name,
+                                         direction == "add", seen=seen)  # fmt: skip
+            cached = (key, float(reach_scales(readings, reach)[0]))
+            self._reach_cache = cached
+        return cached[1]
+
     def _unedited(self, z: torch.Tensor) -> torch.Tensor:
         """``E(D(z))`` of a face, kept for the last face asked: a sweep or a GIF of one face
         at many strengths reads the unedited face once, not once per strength."""
@@ -379,15 +413,28 @@ class EditPipeline:
         return cached[1]
 
     def face_edit(
-        self, edit: str, strength: float, z: Any
+        self, edit: str, strength: float, z: Any, face: FaceLatent | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(step, weight, redraw)`` of ``edit`` at ``strength`` for the face of latent ``z``:
         :meth:`direction`, :meth:`footprint` and :meth:`redraw` with that face's swaps; the
-        step holds the face's :meth:`held` labels (:func:`conceptvae.hold.hold_steps`). The
-        edit is parsed, and the face's swaps found, once for all three."""
+        step stops at the face's reach where the vector has one, read on the face's crop as the
+        local blend shows it (``face``: its :class:`FaceLatent`; without it, on the model's
+        drawing), and holds the face's :meth:`held` labels
+        (:func:`conceptvae.hold.hold_steps`). The edit is parsed, and the face's swaps found,
+        once for all three."""
         strength = float(strength)
         terms, swapped = self._plan(edit, strength, z)
         step = self._step(terms, swapped, strength)
+        weight = self._footprint(terms, swapped, strength)
+        redraw = self._redraw(terms, swapped, strength)
+        if z is not None and bool(step.abs().max() > 0):
+            seen = None
+            if face is not None and weight is not None:
+                crop = torch.from_numpy(face.aligned.crop).permute(2, 0, 1)[None].float() / 255
+                seen = partial(crop_edit, crop, face.recon[None].float().cpu(), blend="local",
+                               weight=weight.cpu(),
+                               redraw=1.0 if redraw is None else redraw.cpu())  # fmt: skip
+            step = step * self._reach_scale(terms, swapped, strength, step, z, seen)
         held, margin = self._held(terms, strength) if z is not None else ([], None)
         if held and bool(step.abs().max() > 0):
             zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
@@ -395,11 +442,7 @@ class EditPipeline:
             step = hold_steps(self.vae, zz, step[None], self.readers, names, held,
                               margin=margin, unedited=self._unedited(zz))[0]  # fmt: skip
             step = step.to(self.vae.device)
-        return (
-            step,
-            self._footprint(terms, swapped, strength),
-            self._redraw(terms, swapped, strength),
-        )
+        return step, weight, redraw
 
     @torch.inference_mode()
     def render(
@@ -505,7 +548,7 @@ class EditPipeline:
         chosen faces: a PIL image of the photo's own size."""
         prepared = self._prepared(photo, face, align, refine)
         self.direction(edit, float(strength))  # a bad expression fails before any face
-        parts = [self.face_edit(edit, float(strength), f.z) for f in prepared.faces]
+        parts = [self.face_edit(edit, float(strength), f.z, f) for f in prepared.faces]
         steps, weights, redraws = ([p[k] for p in parts] for k in range(3))
         return Image.fromarray(self.render(prepared, steps, blend, weights, redraws))
 
@@ -525,7 +568,7 @@ class EditPipeline:
         self.direction(edit)  # a bad expression fails before any face
         out = []
         for s in strengths:
-            parts = [self.face_edit(edit, float(s), f.z) for f in prepared.faces]
+            parts = [self.face_edit(edit, float(s), f.z, f) for f in prepared.faces]
             steps, weights, redraws = ([p[k] for p in parts] for k in range(3))
             out.append(Image.fromarray(self.render(prepared, steps, blend, weights, redraws)))
         return out

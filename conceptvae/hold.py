@@ -17,13 +17,22 @@ edit holds, whether holding helps at all and whether firmly, is decided per vect
 direction when the bank is calibrated (:func:`choose_holds`): the labels free to vary with the
 target (|r| < 0.3 and not implied by it), kept only where the judge finds less leakage on
 held-out faces at no real cost in success.
+
+A *reach* is the same per-face reading turned on the edit's own label: strength 1 is the step
+that makes 98% of held-out faces show the attribute, so most faces are moved further than they
+need, and the extra distance is where other labels change. An edit with a reach stops each
+face at the least part of its step (half, five eighths, ...) at which the target's reader
+reads the edited crop (as the blend shows it: the photo's own pixels where the edit does not
+redraw) a threshold of logits past its boundary; a face that never reads so takes the whole
+step. Whether a direction has a reach, and which threshold, is chosen with its
+hold, by the same rule.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +47,21 @@ READERS_NAME = "readers.safetensors"
 HOLD_ROUNDS = 2  # correction rounds per edit
 HOLD_GAIN = 0.003  # a hold is kept where it cuts the judged leakage by at least this
 HOLD_COST = 0.01  # ... and costs at most this much success
+# ... half as much where it stops faces at their reach: that takes away the margin strength 1
+# keeps on each face, which a style the model never saw needs (docs/editing.md, "A reach")
+REACH_COST = 0.005
 # a firm hold puts back a held reading that moved this many logits toward its boundary; the
 # rules choose_holds tries per direction, the plain (side only) rule first
 HOLD_MARGIN = 1.0
 HOLD_RULES: tuple[float | None, ...] = (None, HOLD_MARGIN)
+# per-face strength (a *reach*): an edit that the model already reads clearly on the target's
+# side part of the way is stopped there: the least multiplier of REACH_GRID at which the target's
+# reader reads the redrawn face at least the threshold past its boundary (else the whole step);
+# choose_holds tries each threshold of REACH_THRESHOLDS (logits) per direction
+REACH_GRID: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875)
+# 8 logits or more: a style the readers never saw moves their readings by a few logits
+# (docs/editing.md, "A reach")
+REACH_THRESHOLDS: tuple[float, ...] = (8.0, 16.0)
 MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
 
 
@@ -236,6 +256,80 @@ def hold_steps(
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def reach_readings(
+    vae: Any,
+    z: torch.Tensor,
+    steps: torch.Tensor,
+    readers: Readers,
+    target: str,
+    adding: bool,
+    *,
+    grid: Sequence[float] = REACH_GRID,
+    batch_size: int = 256,
+    seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How clearly the model reads ``target`` on each face of ``z`` (B, D) moved part of its
+    step (``steps`` (B, D) or (D,)): per face and multiplier ``g`` of ``grid``, the target's
+    reader on the latent of what the edit shows, ``E(seen(D(z + g * step)))``, negated when
+    removing (> 0: read on the edit's side), (B, G); and those latents (G, B, D). ``seen``
+    maps the faces drawn (B, 3, S, S) to the crops the edit makes of them (the photo's own
+    pixels where the edit does not redraw, :func:`~conceptvae.calibration.crop_edit`): a photo
+    in a style the model never drew then reads as it will look, not as the model would draw
+    it. None: the drawing itself."""
+    z = z.float().cpu()
+    steps = steps.float().cpu().expand_as(z)
+    col = readers.columns([target])[0]
+    w = torch.from_numpy(readers.weight[col])
+    b = float(readers.bias[col])
+    sign = 1.0 if adding else -1.0
+    read = []
+    for g in grid:
+        moved = z + g * steps
+        if seen is None:
+            read.append(redrawn(vae, moved, batch_size=batch_size))
+            continue
+        drawn = torch.cat(
+            [vae.decode(moved[k : k + batch_size].to(vae.device)).float().clamp(0, 1).cpu()
+             for k in range(0, z.shape[0], batch_size)]
+        )  # fmt: skip
+        read.append(redrawn(vae, None, drawn=seen(drawn), batch_size=batch_size))
+    latents = torch.stack(read)
+    return sign * (latents @ w + b).T, latents
+
+
+def reach_scales(
+    readings: torch.Tensor, threshold: float, grid: Sequence[float] = REACH_GRID
+) -> torch.Tensor:
+    """Per face (``readings`` (B, G) from :func:`reach_readings`), the least multiplier of
+    ``grid`` at which it reads at least ``threshold`` on the edit's side, else 1: (B,)."""
+    scale = torch.ones(readings.shape[0])
+    for j in reversed(range(len(grid))):
+        scale = torch.where(readings[:, j] >= threshold, torch.tensor(float(grid[j])), scale)
+    return scale
+
+
+def reach_steps(
+    vae: Any,
+    z: torch.Tensor,
+    steps: torch.Tensor,
+    readers: Readers,
+    target: str,
+    adding: bool,
+    threshold: float,
+    *,
+    batch_size: int = 256,
+    seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Each face's step (``steps`` (B, D) or (D,)) cut to the least part of it at which the
+    model reads ``target`` ``threshold`` logits on the edit's side in what the edit shows
+    (:func:`reach_readings`' ``seen``, :func:`reach_scales`): (B, D). A face that never reads
+    so keeps its whole step."""
+    readings, _ = reach_readings(vae, z, steps, readers, target, adding, batch_size=batch_size,
+                                 seen=seen)  # fmt: skip
+    return reach_scales(readings, threshold)[:, None] * steps.float().cpu().expand_as(z)
+
+
 def choose_holds(
     vae: Any,
     judge: Any,
@@ -253,20 +347,24 @@ def choose_holds(
     seed: int = 0,
     progress: bool = True,
     rules: Sequence[float | None] = HOLD_RULES,
+    reaches: Sequence[float] = REACH_THRESHOLDS,
 ) -> dict[str, Any]:
     """Per judged vector of ``cal`` (a bank's :func:`~conceptvae.vectors.bank_calibration`)
     and direction: its edit at strength +/-1 (the local blend, its footprint and redraw) on up
     to ``n_faces`` held-out faces, plain and held (:func:`hold_steps`, holding
     :func:`free_labels` that have readers) by each of ``rules`` (``margin``: None holds a
-    label's side, a number holds firmly); the rule that helps most is the one tried. The hold
-    is kept where it cuts the judge's leakage by at least ``HOLD_GAIN`` and costs at most
-    ``HOLD_COST`` success, none of it below the vector's calibration target, on those faces and
-    again on a second draw of other held-out faces (a hold chosen on faces is helped by their
-    luck, as a strength read off them was). Returns the
-    calibration records with ``hold`` in each direction's: the labels held, the rule
-    (``margin``), ``kept``, both edits' success and leakage on the last draw and the faces
-    measured (``chosen_on``: the first draw's, where there was a second). Vectors, strengths
-    and footprints are unchanged."""
+    label's side, a number holds firmly), and with each face's step cut to its reach by each
+    threshold of ``reaches`` (:func:`reach_scales`), and by each rule on top of the reach
+    that helps most (if any); the edit that helps most (the first of equals: a hold alone, a
+    reach alone, both) is the one tried. It is kept where it cuts the judge's leakage by at
+    least ``HOLD_GAIN`` and costs at most ``HOLD_COST`` success, none of it below the vector's
+    calibration target, on those faces and again on a second draw of other held-out faces (an
+    edit chosen on faces is helped by their luck, as a strength read off them was). Returns
+    the calibration records with ``hold`` in each direction's: the labels held (none for a
+    reach alone), the rule (``margin``), the ``reach`` (None: every face its whole step),
+    ``kept``, both edits' success and leakage on the last draw and the faces measured
+    (``chosen_on``: the first draw's, where there was a second). Vectors, strengths and
+    footprints are unchanged."""
     from tqdm.auto import tqdm
 
     from conceptvae.calibration import (
@@ -311,16 +409,31 @@ def choose_holds(
                 redraw=redraw,
                 adding=direction == "add",
             )
-            plain, holdings = _plain_and_held(probe, margins=rules, **edit)
-            # the rule that cuts leakage most where it helps (the first of equals), else the
+            trial = _Trial(probe, **edit)
+            plain = trial.plain
+            # each hold rule; each reach (the per-face strength), and each hold rule on top of
+            # the reach that cuts leakage most where it helps, if any
+            tried = {(None, True, m): trial.measure(None, True, m) for m in rules}
+            alone = {r: trial.measure(r, False, None) for r in reaches}
+            tried.update({(r, False, None): alone[r] for r in reaches})
+            helping = [r for r in reaches if _helps(plain, alone[r], target, REACH_COST)]
+            reach = min(helping, key=lambda r: alone[r]["leakage"], default=None)
+            if reach is not None:
+                tried.update({(reach, True, m): trial.measure(reach, True, m) for m in rules})
+            # the edit that cuts leakage most where it helps (the first of equals), else the
             # one that leaks least
-            best = min(
-                range(len(rules)),
-                key=lambda k: (not _helps(plain, holdings[k], target), holdings[k]["leakage"], k),
-            )
-            margin, holding = rules[best], holdings[best]
-            kept = _helps(plain, holding, target)
-            record = {"labels": held, "margin": margin, "n_faces": int(probe.z.shape[0])}
+            order = list(tried)
+            best = min(order, key=lambda k: (not _keeps(k, plain, tried[k], target),
+                                             tried[k]["leakage"], order.index(k)))  # fmt: skip
+            reach, holds, margin = best
+            holding = tried[best]
+            kept = _keeps(best, plain, holding, target)
+            record = {
+                "labels": held if holds else [],
+                "margin": margin,
+                "reach": reach,
+                "n_faces": int(probe.z.shape[0]),
+            }
             if kept:
                 # kept on these faces partly by their luck: read it again on other valid
                 # faces (the same ones where the split has no others), and keep it only if it
@@ -331,8 +444,9 @@ def choose_holds(
                     np.random.default_rng([seed, 8, t, label]), avoid=probe.rows,
                     target=judge.names.index(name), others=others, blend="local",
                 )  # fmt: skip
-                plain, (holding,) = _plain_and_held(again, margins=(margin,), **edit)
-                kept = _helps(plain, holding, target)
+                trial = _Trial(again, **edit)
+                plain, holding = trial.plain, trial.measure(*best)
+                kept = _keeps(best, plain, holding, target)
                 record["n_faces"] = int(again.z.shape[0])
             records[name][direction] = {
                 **records[name][direction],
@@ -341,38 +455,78 @@ def choose_holds(
     return records
 
 
-def _plain_and_held(
-    probe: Any, *, vae: Any, cal: dict[str, Any], readers: Readers, name: str,
-    held: list[str], step: torch.Tensor, weight: Any, redraw: float, adding: bool,
-    margins: Sequence[float | None] = (None,),
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
-    """The probe's faces edited by ``step`` plainly and holding ``held`` by each rule of
-    ``margins`` (:func:`hold_steps`' ``margin``), as edits make it: adding, a face that shows a
-    rival of an exclusive group gets its swap (its step, footprint and redraw), and the hold
-    is chosen on top of that."""
-    from conceptvae.calibration import _swapped
+class _Trial:
+    """The probe's faces edited by ``step`` as edits make it (adding, a face that shows a
+    rival of an exclusive group gets its swap: its step, footprint and redraw), plainly
+    (``plain``) and by each variant :meth:`measure` is asked for; what every variant reads
+    first (the faces redrawn unedited, edited and part of the way) is read once."""
 
-    if adding and cal.get("swaps", {}).get(name):
-        step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
-                                           redraw)  # fmt: skip
-    plain = probe.at(step, weight, redraw)
-    # what every rule reads first, read once, from the faces the probe has decoded already
-    unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
-    edited = redrawn(vae, None, drawn=probe.drawn(step), batch_size=probe.batch_size)
-    holding = []
-    for margin in margins:
-        steps = hold_steps(vae, probe.z, step, readers, [name], held, margin=margin,
-                           batch_size=probe.batch_size, unedited=unedited,
-                           edited=edited)  # fmt: skip
-        holding.append(probe.at(steps, weight, redraw))
-    return plain, holding
+    def __init__(
+        self, probe: Any, *, vae: Any, cal: dict[str, Any], readers: Readers, name: str,
+        held: list[str], step: torch.Tensor, weight: Any, redraw: float, adding: bool,
+    ) -> None:  # fmt: skip
+        from conceptvae.calibration import _swapped
+
+        if adding and cal.get("swaps", {}).get(name):
+            step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
+                                               redraw)  # fmt: skip
+        self.probe, self.vae, self.readers = probe, vae, readers
+        self.name, self.held, self.adding = name, held, adding
+        self.weight, self.redraw = weight, redraw
+        self.step = step.float().cpu().expand_as(probe.z.float().cpu())
+        self.plain = probe.at(step, weight, redraw)
+        # from the faces the probe has decoded already
+        self.unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
+        self.edited = redrawn(vae, None, drawn=probe.drawn(step), batch_size=probe.batch_size)
+        self._readings: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def seen(self, drawn: torch.Tensor) -> torch.Tensor:
+        """The probe's crops as the local blend shows the faces ``drawn``."""
+        from conceptvae.calibration import crop_edit
+
+        return crop_edit(self.probe.faces, self.probe.d0, drawn, "local", weight=self.weight,
+                         redraw=self.redraw)  # fmt: skip
+
+    def measure(self, reach: float | None, holds: bool, margin: float | None) -> dict[str, Any]:
+        """The probe's measure (:meth:`EditProbe.at`) of the edit with each face's step cut
+        to its ``reach`` (:func:`reach_scales`; None: the whole step) and then, if ``holds``,
+        held by the rule ``margin`` (:func:`hold_steps`)."""
+        steps, edited = self.step, self.edited
+        if reach is not None:
+            if self._readings is None:
+                self._readings = reach_readings(
+                    self.vae, self.probe.z, self.step, self.readers, self.name, self.adding,
+                    batch_size=self.probe.batch_size, seen=self.seen,
+                )  # fmt: skip
+            scale = reach_scales(self._readings[0], reach)
+            steps = scale[:, None] * self.step
+            edited = None  # the hold draws each face at its own part of the step
+        if holds:
+            steps = hold_steps(self.vae, self.probe.z, steps, self.readers, [self.name],
+                               self.held, margin=margin, batch_size=self.probe.batch_size,
+                               unedited=self.unedited, edited=edited)  # fmt: skip
+        return self.probe.at(steps, self.weight, self.redraw)
 
 
-def _helps(plain: dict[str, Any], holding: dict[str, Any], target: float) -> bool:
-    """The rule that keeps a hold: ``HOLD_GAIN`` less leakage for at most ``HOLD_COST``
-    success, and only success above the calibration ``target``: an edit strength 1 took to
-    the target stays there, one short of it loses nothing."""
-    floor = max(plain["success"] - HOLD_COST, min(plain["success"], target))
+def _keeps(
+    variant: tuple[float | None, bool, float | None],
+    plain: dict[str, Any],
+    now: dict[str, Any],
+    target: float,
+) -> bool:
+    """:func:`_helps` for an edit ``(reach, holds, margin)``: at the reach's cost where it has
+    one."""
+    return _helps(plain, now, target, HOLD_COST if variant[0] is None else REACH_COST)
+
+
+def _helps(
+    plain: dict[str, Any], holding: dict[str, Any], target: float, cost: float = HOLD_COST
+) -> bool:
+    """The rule that keeps a hold: ``HOLD_GAIN`` less leakage for at most ``cost`` success
+    (``HOLD_COST``; ``REACH_COST`` for an edit with a reach), and only success above the
+    calibration ``target``: an edit strength 1 took to the target stays there, one short of it
+    loses nothing."""
+    floor = max(plain["success"] - cost, min(plain["success"], target))
     return bool(holding["leakage"] <= plain["leakage"] - HOLD_GAIN and holding["success"] >= floor)
 
 
@@ -390,6 +544,14 @@ def held_labels_of(calibration: dict[str, Any], name: str, direction: str) -> li
     not kept, or the bank was calibrated before holds were chosen)."""
     hold = _kept_hold(calibration, name, direction)
     return list(hold.get("labels", []))
+
+
+def reach_of(calibration: dict[str, Any], name: str, direction: str) -> float | None:
+    """The threshold (:func:`reach_scales`) a calibrated vector's edit in ``direction`` cuts
+    each face's step at, where its choice was kept; None (every face its whole step) for no
+    reach and for a bank whose edits were chosen before reaches were tried."""
+    reach = _kept_hold(calibration, name, direction).get("reach")
+    return None if reach is None else float(reach)
 
 
 def hold_margin_of(calibration: dict[str, Any], name: str, direction: str) -> float | None:

@@ -1004,6 +1004,20 @@ def describe_swaps(bank: VectorBank) -> str:
     return "\n".join(lines)
 
 
+def _hold_kind(hold: dict[str, Any]) -> str:
+    """``describe_holds``' last column: no, or yes with what the kept edit does."""
+    if not hold.get("kept"):
+        return "no"
+    what = []
+    if hold.get("labels"):
+        what.append("firm" if hold.get("margin") is not None else "")
+    else:
+        what.append("no labels held")
+    if hold.get("reach") is not None:
+        what.append(f"reach {hold['reach']:g}")
+    return ", ".join(["yes", *[w for w in what if w]])
+
+
 def describe_holds(bank: VectorBank) -> str:
     """The holds chosen for ``bank``'s vectors: per vector and direction, at +/-1 on held-out
     faces, the edit held and plain (success, leakage), how many labels it holds and whether
@@ -1016,10 +1030,12 @@ def describe_holds(bank: VectorBank) -> str:
         return ""
     kept = sum(bool(h.get("kept")) for _, _, h in rows)
     firm = sum(bool(h.get("kept")) and h.get("margin") is not None for _, _, h in rows)
+    reach = sum(bool(h.get("kept")) and h.get("reach") is not None for _, _, h in rows)
     lines = [
-        f"holds: an edit puts back, per face, the free labels its step changed; kept in {kept} "
-        f"of {len(rows)} directions ({firm} firm: also the readings it weakened by more than "
-        f"{HOLD_MARGIN:g} logit)",
+        f"holds: an edit puts back, per face, the free labels its step changed, or stops each "
+        f"face where the model reads the target clearly (reach: that many logits past its "
+        f"boundary), or both; kept in {kept} of {len(rows)} directions ({firm} firm: also the "
+        f"readings it weakened by more than {HOLD_MARGIN:g} logit; {reach} with a reach)",
         f"{'vector':<20} {'dir':<6} {'faces':>5} {'held':>4} {'held: success':>13} {'leak':>6} "
         f"{'plain: success':>14} {'leak':>6}  kept",
     ]
@@ -1029,6 +1045,6 @@ def describe_holds(bank: VectorBank) -> str:
             f"{n:<20} {d:<6} {h.get('n_faces', 0):>5} {len(h.get('labels', [])):>4} "
             f"{h['success_at_1']:>13.1%} {h['leakage_at_1']:>6.1%} "
             f"{plain.get('success_at_1', 0.0):>14.1%} {plain.get('leakage_at_1', 0.0):>6.1%}  "
-            f"{('yes, firm' if h.get('margin') is not None else 'yes') if h.get('kept') else 'no'}"
+            f"{_hold_kind(h)}"
         )
     return "\n".join(lines)

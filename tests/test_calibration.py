@@ -971,3 +971,67 @@ def test_evaluate_measures_each_methods_edits_with_the_holds_chosen_on_valid(tmp
     )
     assert _evaluate_summary(plain)[-1].endswith(": 0 of 2 pairs reach 95% success with at "
                                                  "most 2% leakage")  # fmt: skip
+
+
+# -- per-face strength (reach) -----------------------------------------------------------------
+
+
+class SeeingVAE(RoundTripVAE):
+    """RoundTripVAE whose encoder reads z0 and z1 off the squares they paint, as a real
+    encoder reads a face: a blend that shows the photo's own pixels reads as the photo."""
+
+    def encode(self, x):
+        z = super().encode(x).mean.clone()
+        z[:, 0] = (region_mean(x, BRIGHT_CORE) - 0.5) / 0.1
+        z[:, 1] = (region_mean(x, SQUARE_CORE) - 0.5) / 0.1
+        return SimpleNamespace(mean=z)
+
+
+def _reach_world():
+    """Bright's raw vector also lowers z1 (Red) by 0.6 for every 1 it adds to z0, so at the
+    calibrated strength (about 0.97 in z0: the farthest faces sit at z0 = -0.995) every face
+    at z1 = 0.5 loses Red: leakage 50%. The readers read 40 logits per unit of z0, z1 and z2.
+    A face near Bright's boundary reads it 8 logits past it (z0 >= 0.2) after half its step,
+    where z1 has fallen only 0.29: stopped there it keeps Red."""
+    from conceptvae.hold import Readers
+
+    vae = SeeingVAE()
+    cal = calibrate_planted(vae, {"Bright": np.array([1.0, -0.6, 0, 0])})
+    readers = Readers(list(FakeJudge.names), 40 * np.eye(3, D, dtype=np.float32),
+                      np.zeros(3, np.float32))  # fmt: skip
+    held_z, held_y = planted_heldout()
+    cal = {**cal, "swaps": {}, "readers": readers}
+    return SimpleNamespace(vae=vae, cal=cal, readers=readers, held_z=held_z, held_y=held_y)
+
+
+def test_a_reach_stops_each_face_where_it_reads_the_target_and_is_chosen_where_it_cuts_leakage():
+    from conceptvae.hold import choose_holds
+
+    w = _reach_world()
+    train_z, train_y = train_cells()
+
+    def faces(idx):
+        return w.vae.decode(torch.from_numpy(w.held_z[idx]).float())
+
+    kw = dict(faces=faces, names=FakeJudge.names, train_labels=train_y)
+    chosen = choose_holds(w.vae, FakeJudge(), w.cal, w.readers, held_idx=np.arange(200),
+                          held_z=w.held_z, held_labels=w.held_y, progress=False, rules=(),
+                          **kw)  # fmt: skip
+    rec = chosen["Bright"]["add"]["hold"]
+    # plainly, every face at z1 = 0.5 loses Red; with the reach (8 logits chosen: the least
+    # leakage at no cost in success), those that read Bright early keep it
+    assert rec["plain"]["leakage_at_1"] == pytest.approx(0.5, abs=0.02)
+    assert rec["kept"] and rec["reach"] == 8.0 and rec["labels"] == [] and rec["margin"] is None
+    assert rec["leakage_at_1"] < 0.35 and rec["success_at_1"] >= rec["plain"]["success_at_1"]
+    # measured as edits make it (here on the same faces): each face its own part of the step
+    cal = {**w.cal, "calibration": chosen}
+    mkw = dict(faces=faces, idx=np.arange(200), z=w.held_z, labels=w.held_y,
+               train_labels=train_y, judged=["Bright", "Red"], blends=("local",))  # fmt: skip
+    reached = measure_edits(w.vae, FakeJudge(), cal, "Bright", names=FakeJudge.names, **mkw)
+    plain = measure_edits(w.vae, FakeJudge(), w.cal, "Bright", names=FakeJudge.names, **mkw)
+    assert reached["add"]["reach"] == 8.0 and "reach" not in plain["add"]
+    assert reached["add"]["local"]["leakage"] < plain["add"]["local"]["leakage"] - 0.15
+    assert reached["add"]["local"]["success"] >= plain["add"]["local"]["success"]
+    # the faces the reach stops early are the ones near Bright's boundary, which keep Red
+    red = reached["add"]["local"]["flips"]["Red"]
+    assert red == pytest.approx(reached["add"]["local"]["leakage"])

@@ -169,6 +169,14 @@ def test_a_hold_may_cost_success_only_above_the_calibration_target():
     assert _helps(near, run(0.98, 0.04), 0.98) and not _helps(near, run(0.978, 0.04), 0.98)
     short = run(0.96, 0.05)  # short of the target: nothing may go
     assert _helps(short, run(0.96, 0.04), 0.98) and not _helps(short, run(0.955, 0.04), 0.98)
+    # an edit with a reach may cost half a point, a hold alone a point
+    from conceptvae.hold import _keeps
+
+    cost = run(0.989, 0.04)  # 0.6 points
+    assert _keeps((None, True, 1.0), plain, cost, 0.98)
+    assert not _keeps((2.0, False, None), plain, cost, 0.98)
+    assert not _keeps((2.0, True, None), plain, cost, 0.98)
+    assert _keeps((2.0, False, None), plain, run(0.991, 0.04), 0.98)
 
 
 def test_the_holds_report_says_which_directions_hold_and_how_firmly():
@@ -183,14 +191,18 @@ def test_the_holds_report_says_which_directions_hold_and_how_firmly():
     cal = {
         "A": {"add": {"hold": hold(True, 1.0, 0.985, 0.03)},
               "remove": {"hold": hold(True, None, 0.99, 0.04)}},
-        "B": {"add": {"hold": hold(False, 1.0, 0.95, 0.02)}},
+        "B": {"add": {"hold": hold(False, 1.0, 0.95, 0.02)},
+              "remove": {"hold": {**hold(True, None, 0.99, 0.03), "labels": [], "reach": 4.0}}},
+        "C": {"add": {"hold": {**hold(True, 1.0, 0.99, 0.03), "reach": 8.0}}},
     }  # fmt: skip
-    bank = VectorBank({"A": np.ones(3), "B": np.ones(3)}, metadata={"calibration": cal})
+    bank = VectorBank({n: np.ones(3) for n in "ABC"}, metadata={"calibration": cal})
     lines = describe_holds(bank).splitlines()
-    assert "kept in 2 of 3 directions (1 firm" in lines[0]
+    assert "kept in 4 of 5 directions (2 firm" in lines[0] and "2 with a reach)" in lines[0]
     row = {tuple(x.split()[:2]): x for x in lines[2:]}
     assert row[("A", "add")].endswith("yes, firm") and "98.5%" in row[("A", "add")]
     assert row[("A", "remove")].endswith("yes") and row[("B", "add")].endswith("no")
+    assert row[("B", "remove")].endswith("yes, no labels held, reach 4")
+    assert row[("C", "add")].endswith("yes, firm, reach 8")
     assert describe_holds(VectorBank({"A": np.ones(3)})) == ""
 
 
@@ -288,6 +300,91 @@ def test_pipeline_holds_by_the_rule_calibration_chose(held_run, tmp_path):
     assert float(w @ (held - step)) > 2.99  # ... the firm one adds back (at least) the 3
 
 
+def _reach_run(held_run, tmp_path):
+    """A copy of ``held_run`` whose Smiling addition chose a reach of 2 logits, no labels held."""
+    import shutil
+
+    from attributes.bank import VectorBank
+
+    run = tmp_path / "reach"
+    shutil.copytree(held_run, run)
+    bank = VectorBank.load(run)
+    meta = bank.metadata
+    meta["calibration"]["Smiling"]["add"]["hold"] = {"labels": [], "kept": True, "reach": 2.0}
+    VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+               footprints=bank.footprints).save(run)  # fmt: skip
+    return run
+
+
+def test_pipeline_moves_each_face_only_to_its_reach_at_every_strength(held_run, tmp_path):
+    """The Smiling addition chose a reach of 2 logits (no labels held). Smiling's reader is
+    built to read 10 on this face's drawing after half its step, so the face moves half of
+    it, at strength 1 and (a sweep scales alike) at 2; removing (no reach) and ``hold="none"``
+    move the whole step."""
+
+    from conceptvae.edit import EditPipeline
+    from conceptvae.hold import redrawn
+
+    run = _reach_run(held_run, tmp_path)
+    plain = EditPipeline.from_pretrained(run, hold="none")
+    z = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    step = plain.direction("Smiling")
+    half = redrawn(plain.vae, (z + 0.5 * step)[None])[0]
+    readers = Readers.load(run)
+    readers.bias[0] = 10 - float(readers.weight[0] @ half.numpy())
+    readers.save(run)
+    pipe = EditPipeline.from_pretrained(run)
+    torch.testing.assert_close(pipe.face_edit("Smiling", 1.0, z)[0], 0.5 * step)
+    torch.testing.assert_close(pipe.face_edit("Smiling", 2.0, z)[0], step)
+    torch.testing.assert_close(pipe.face_edit("Smiling", -1.0, z)[0], -step)
+    torch.testing.assert_close(plain.face_edit("Smiling", 1.0, z)[0], step)
+    # a face the reader does not read so clearly by then keeps the whole step
+    readers.bias[0] -= 20
+    readers.save(run)
+    far = EditPipeline.from_pretrained(run)
+    torch.testing.assert_close(far.face_edit("Smiling", 1.0, z)[0], step)
+
+
+@pytest.mark.filterwarnings("ignore:.*far from the training data:UserWarning")
+def test_a_photos_reach_is_read_on_its_crop_as_the_edit_shows_it(held_run, tmp_path):
+    """Smiling's reader is built to read 10 after half the step on the model's own drawing
+    of the face, and 20 less on the photo's crop as the local blend shows that drawing: the
+    face's step stops at half without its photo, and not there with it (the pipeline reads
+    what the user will see, the photo's own pixels where the edit does not redraw)."""
+    from functools import partial
+
+    from PIL import Image
+    from test_edit import face_photo
+
+    from conceptvae.calibration import crop_edit
+    from conceptvae.edit import EditPipeline
+    from conceptvae.hold import reach_steps, redrawn
+
+    run = _reach_run(held_run, tmp_path)
+    plain = EditPipeline.from_pretrained(run, hold="none")
+    face = plain.prepare(Image.fromarray(face_photo()), align=False).faces[0]
+    z, step = face.z.cpu(), plain.direction("Smiling").cpu()
+    redraw = plain.redraw("Smiling", 1.0, z)
+    crop = torch.from_numpy(face.aligned.crop).permute(2, 0, 1)[None].float() / 255
+    seen = partial(crop_edit, crop, face.recon[None].float(), blend="local",
+                   weight=plain.footprint("Smiling", 1.0, z),
+                   redraw=1.0 if redraw is None else redraw)  # fmt: skip
+    half = (z + 0.5 * step)[None]
+    drawn = redrawn(plain.vae, half)[0]
+    shown = redrawn(plain.vae, None, drawn=seen(plain.vae.decode(half).float().clamp(0, 1)))[0]
+    u = shown - drawn
+    readers = Readers.load(run)
+    readers.weight[0] = (-20 * u / u.dot(u)).numpy()
+    readers.bias[0] = 10 - float(readers.weight[0] @ drawn.numpy())
+    readers.save(run)
+    pipe = EditPipeline.from_pretrained(run)
+    torch.testing.assert_close(pipe.face_edit("Smiling", 1.0, z)[0], 0.5 * step)
+    with_photo = pipe.face_edit("Smiling", 1.0, z, face)[0]
+    want = reach_steps(pipe.vae, z[None], step, pipe.readers, "Smiling", True, 2.0, seen=seen)
+    torch.testing.assert_close(with_photo, want[0])
+    assert not torch.allclose(with_photo, 0.5 * step)
+
+
 def test_a_sweep_of_one_face_draws_the_unedited_face_once(held_run):
     from conceptvae.edit import EditPipeline
 
@@ -380,3 +477,50 @@ def test_the_shipped_model_removes_baldness_with_less_leakage_when_it_holds():
     assert pipe.held("Bald", -1.0) == [] and EditPipeline.from_pretrained(run).held("Bald", -1.0)
     assert result["auto"][0] >= 0.9 and result["none"][0] >= 0.9, result  # both remove it
     assert result["auto"][1] <= result["none"][1] - 0.03, result  # holding leaks less
+
+
+def test_a_reach_is_the_least_part_of_the_step_at_which_the_target_reads_clearly():
+    """T reads 10 z0 - 5; the step adds 0.8 to z0; a reach of 1.5 logits. A face at 0.5 reads
+    4 after half of it (stop there), one at 0.2 reads 1 then 2 after 0.625 of it, one at 0.1
+    reads 2 after 0.75, one at 0 after 0.875. Removing, the signs turn."""
+    from conceptvae.hold import REACH_GRID, reach_readings, reach_scales, reach_steps
+
+    readers = Readers(["T", "H"], 10 * np.eye(2, 3, dtype=np.float32),
+                      np.array([-5.0, 0], np.float32))  # fmt: skip
+    z = torch.tensor([[0.5, 0.3, 0.3], [0.2, 0.3, 0.3], [0.0, 0.3, 0.3], [0.1, 0.3, 0.3]])
+    step = torch.tensor([0.8, 0, 0])
+    readings, drawn = reach_readings(IdentityVAE(), z, step, readers, "T", True)
+    assert readings.shape == (4, len(REACH_GRID)) and drawn.shape == (len(REACH_GRID), 4, 3)
+    torch.testing.assert_close(readings[1], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    torch.testing.assert_close(drawn[1, 1], z[1] + 0.625 * step)  # the redrawn latents
+    want = torch.tensor([0.5, 0.625, 0.875, 0.75])
+    torch.testing.assert_close(reach_scales(readings, 1.5), want)
+    torch.testing.assert_close(reach_scales(readings, 100.0), torch.ones(4))  # never: all of it
+    out = reach_steps(IdentityVAE(), z, step, readers, "T", True, 1.5)
+    torch.testing.assert_close(out, want[:, None] * step)
+    # removing T from a face at 0.9 by -0.8: it reads 0, 1, 2 after 0.5, 0.625, 0.75 of it
+    far = torch.tensor([[0.9, 0.3, 0.3]])
+    gone = reach_steps(IdentityVAE(), far, -step, readers, "T", False, 1.5)
+    torch.testing.assert_close(gone[0], -0.75 * step)
+
+
+def test_reach_of_reads_only_kept_records():
+    from conceptvae.hold import reach_of
+
+    cal = {
+        "A": {"add": {"hold": {"labels": [], "kept": True, "margin": None, "reach": 4.0}},
+              "remove": {"hold": {"labels": [], "kept": False, "reach": 2.0}}},
+        "Old": {"add": {"hold": {"labels": ["B"], "kept": True}}},  # before reaches
+    }  # fmt: skip
+    assert reach_of(cal, "A", "add") == 4.0
+    assert reach_of(cal, "A", "remove") is None and reach_of(cal, "Old", "add") is None
+    assert held_labels_of(cal, "A", "add") == [] and hold_margin_of(cal, "A", "add") is None
+
+
+def test_the_evaluate_tables_tag_each_edit_with_its_hold_and_reach():
+    from conceptvae.evaluation.report import _hold_tag
+
+    assert _hold_tag({"held": [], "reach": None}) == ""
+    assert _hold_tag({"held": ["C"]}) == " + hold"
+    assert _hold_tag({"held": ["C"], "hold_margin": 1.0, "reach": 2.0}) == " + firm hold + reach"
+    assert _hold_tag({"held": [], "reach": 4.0}) == " + reach"

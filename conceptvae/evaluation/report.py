@@ -315,10 +315,12 @@ def _md_direction(
 
 
 def _hold_tag(cell: dict[str, Any]) -> str:
-    """What follows a method held in the tables: its hold, and whether it holds firmly."""
-    if not cell.get("held"):
-        return ""
-    return " + firm hold" if cell.get("hold_margin") is not None else " + hold"
+    """What follows a method held in the tables: its hold, whether it holds firmly, and its
+    reach (each face stopped where the model reads the target clearly)."""
+    tag = ""
+    if cell.get("held"):
+        tag = " + firm hold" if cell.get("hold_margin") is not None else " + hold"
+    return tag + (" + reach" if cell.get("reach") is not None else "")
 
 
 def calibrated_markdown(result: dict[str, Any]) -> list[str]:

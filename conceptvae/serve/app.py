@@ -507,7 +507,7 @@ class EditorService:
         text = " ".join(str(t) for t in terms)
         f = faces[face]
         with self._footprint_lock:  # the face's own step: adding a hair colour may swap
-            step, weight, redraw = self.pipe.face_edit(text, 1.0, f.z)
+            step, weight, redraw = self.pipe.face_edit(text, 1.0, f.z, f)
         sy, sx = base.shape[0] / entry.pixels.shape[0], base.shape[1] / entry.pixels.shape[1]
         x0, y0, x1, y1 = _region(_view(f.aligned, sx, sy), base.shape)
         out = base.copy()
