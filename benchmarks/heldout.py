@@ -14,6 +14,12 @@ set in CelebA's layout that every command reads::
 
 Nothing in the project is tuned on this set: it only checks that what holds on SynthFaces
 holds on faces and a style the model never saw.
+
+``--restyle DIR`` restyles a copy of a rendered set instead (same faces, another style): a
+*development* style to try a change on without the held-out set, measured on its valid split
+only (``heldout_check.py --split valid``), since its test faces are the original set's::
+
+    python benchmarks/heldout.py data/pastel_dev --restyle data/s20k --style pastel
 """
 
 from __future__ import annotations
@@ -77,13 +83,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--style", choices=STYLES, default="ink")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--restyle", metavar="DIR", help="restyle a copy of this rendered set")
     args = ap.parse_args(argv)
 
     from tqdm.auto import tqdm
 
     from conceptvae.data.synth import write_synthfaces
 
-    write_synthfaces(args.out, n=args.n, seed=args.seed, workers=args.workers, quality=95)
+    if args.restyle:
+        import shutil
+
+        shutil.copytree(args.restyle, args.out)
+    else:
+        write_synthfaces(args.out, n=args.n, seed=args.seed, workers=args.workers, quality=95)
     files = sorted(str(p) for p in (Path(args.out) / "img_align_celeba").glob("*.jpg"))
     chunks = [files[i : i + 250] for i in range(0, len(files), 250)]
     with ProcessPoolExecutor(args.workers) as pool, tqdm(total=len(files), desc=args.style) as bar:
@@ -92,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     readme = Path(args.out) / "README.md"
     text = readme.read_text(encoding="utf-8")
     readme.write_text(
-        text + f"\n\nRestyled by benchmarks/heldout.py: style {args.style!r}, seed {args.seed}.\n",
+        text
+        + f"\n\nRestyled by benchmarks/heldout.py: style {args.style!r}, "
+        + (f"from {args.restyle}.\n" if args.restyle else f"seed {args.seed}.\n"),
         encoding="utf-8",
     )
-    print(f"wrote {len(files)} {args.style} faces (seed {args.seed}) to {args.out}")
+    where = f"from {args.restyle}" if args.restyle else f"seed {args.seed}"
+    print(f"wrote {len(files)} {args.style} faces ({where}) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help="JSON path [default: benchmarks/results/heldout_check.json]")
     ap.add_argument("--floor", help="counterfactual.py's JSON for the same judge and data")
     ap.add_argument(
+        "--split",
+        choices=("test", "valid"),
+        default="test",
+        help="the split edited: valid for a development set (heldout.py --restyle)",
+    )
+    ap.add_argument(
         "--no-hold",
         action="store_true",
         help="edit without the holds the bank chose (conceptvae.hold)",
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     y_train = np.asarray(cache.labels[cache.split("train")])
     vi = cache.split("valid")
     y_valid = np.asarray(cache.labels[vi])
-    test_idx, z_test = split_latents(vae, cache, "test", None, progress=False)
+    test_idx, z_test = split_latents(vae, cache, args.split, None, progress=False)
     y_test = np.asarray(cache.labels[test_idx])
     hidden = occluded(judge, cache.batch, vi, y_valid, names, judged)
     from conceptvae.hold import Readers
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             rows[-1]["floor"] = floor
     works = sum(r["works"] for r in rows)
     works_free = sum(r["works_free"] for r in rows)
-    print(f"{args.run} on {args.data} (test split), judge trained on its train split "
+    print(f"{args.run} on {args.data} ({args.split} split), judge trained on its train split "
           f"({len(judged)} attributes judged); {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print(f"{works} of {len(rows)} (attribute, direction) pairs work (success >= 95%, leakage "
           f"<= 2%); {works_free} counting free leakage only\n")  # fmt: skip
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     out = Path(args.out or Path(__file__).resolve().parent / "results" / "heldout_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"run": args.run, "data": args.data, "floor": args.floor, "verdicts": counts}
+    summary = {"run": args.run, "data": args.data, "split": args.split, "floor": args.floor,
+               "verdicts": counts}  # fmt: skip
     out.write_text(json.dumps({**summary, "rows": rows}, indent=1))
 
 
