@@ -396,8 +396,8 @@ class EditPipeline:
         cached = self._reach_cache
         if cached is None or cached[0] != key:
             unit = step.float().cpu() / abs(strength * t.coef)
-            readings, _ = reach_readings(self.vae, zz, unit[None], self.readers, t.name,
-                                         direction == "add", seen=seen)  # fmt: skip
+            readings = reach_readings(self.vae, zz, unit[None], self.readers, t.name,
+                                      direction == "add", seen=seen)  # fmt: skip
             cached = (key, float(reach_scales(readings, reach)[0]))
             self._reach_cache = cached
         return cached[1]

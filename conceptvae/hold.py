@@ -56,7 +56,7 @@ HOLD_MARGIN = 1.0
 HOLD_RULES: tuple[float | None, ...] = (None, HOLD_MARGIN)
 # per-face strength (a *reach*): an edit that the model already reads clearly on the target's
 # side part of the way is stopped there: the least multiplier of REACH_GRID at which the target's
-# reader reads the redrawn face at least the threshold past its boundary (else the whole step);
+# reader reads the edited crop at least the threshold past its boundary (else the whole step);
 # choose_holds tries each threshold of REACH_THRESHOLDS (logits) per direction
 REACH_GRID: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875)
 # 8 logits or more: a style the readers never saw moves their readings by a few logits
@@ -268,34 +268,30 @@ def reach_readings(
     grid: Sequence[float] = REACH_GRID,
     batch_size: int = 256,
     seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """How clearly the model reads ``target`` on each face of ``z`` (B, D) moved part of its
     step (``steps`` (B, D) or (D,)): per face and multiplier ``g`` of ``grid``, the target's
     reader on the latent of what the edit shows, ``E(seen(D(z + g * step)))``, negated when
-    removing (> 0: read on the edit's side), (B, G); and those latents (G, B, D). ``seen``
-    maps the faces drawn (B, 3, S, S) to the crops the edit makes of them (the photo's own
-    pixels where the edit does not redraw, :func:`~conceptvae.calibration.crop_edit`): a photo
-    in a style the model never drew then reads as it will look, not as the model would draw
-    it. None: the drawing itself."""
+    removing (> 0: read on the edit's side), (B, G). ``seen`` maps the faces drawn
+    (B, 3, S, S) to the crops the edit makes of them (the photo's own pixels where the edit
+    does not redraw, :func:`~conceptvae.calibration.crop_edit`): a photo in a style the model
+    never drew then reads as it will look, not as the model would draw it. None: the drawing
+    itself."""
     z = z.float().cpu()
     steps = steps.float().cpu().expand_as(z)
     col = readers.columns([target])[0]
     w = torch.from_numpy(readers.weight[col])
     b = float(readers.bias[col])
-    sign = 1.0 if adding else -1.0
     read = []
     for g in grid:
         moved = z + g * steps
-        if seen is None:
-            read.append(redrawn(vae, moved, batch_size=batch_size))
-            continue
         drawn = torch.cat(
             [vae.decode(moved[k : k + batch_size].to(vae.device)).float().clamp(0, 1).cpu()
              for k in range(0, z.shape[0], batch_size)]
         )  # fmt: skip
-        read.append(redrawn(vae, None, drawn=seen(drawn), batch_size=batch_size))
-    latents = torch.stack(read)
-    return sign * (latents @ w + b).T, latents
+        shown = drawn if seen is None else seen(drawn)
+        read.append(redrawn(vae, None, drawn=shown, batch_size=batch_size) @ w + b)
+    return (1.0 if adding else -1.0) * torch.stack(read, 1)
 
 
 def reach_scales(
@@ -325,8 +321,8 @@ def reach_steps(
     model reads ``target`` ``threshold`` logits on the edit's side in what the edit shows
     (:func:`reach_readings`' ``seen``, :func:`reach_scales`): (B, D). A face that never reads
     so keeps its whole step."""
-    readings, _ = reach_readings(vae, z, steps, readers, target, adding, batch_size=batch_size,
-                                 seen=seen)  # fmt: skip
+    readings = reach_readings(vae, z, steps, readers, target, adding, batch_size=batch_size,
+                              seen=seen)  # fmt: skip
     return reach_scales(readings, threshold)[:, None] * steps.float().cpu().expand_as(z)
 
 
@@ -478,7 +474,7 @@ class _Trial:
         # from the faces the probe has decoded already
         self.unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
         self.edited = redrawn(vae, None, drawn=probe.drawn(step), batch_size=probe.batch_size)
-        self._readings: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._readings: torch.Tensor | None = None
 
     def seen(self, drawn: torch.Tensor) -> torch.Tensor:
         """The probe's crops as the local blend shows the faces ``drawn``."""
@@ -498,7 +494,7 @@ class _Trial:
                     self.vae, self.probe.z, self.step, self.readers, self.name, self.adding,
                     batch_size=self.probe.batch_size, seen=self.seen,
                 )  # fmt: skip
-            scale = reach_scales(self._readings[0], reach)
+            scale = reach_scales(self._readings, reach)
             steps = scale[:, None] * self.step
             edited = None  # the hold draws each face at its own part of the step
         if holds:

@@ -489,10 +489,12 @@ def test_a_reach_is_the_least_part_of_the_step_at_which_the_target_reads_clearly
                       np.array([-5.0, 0], np.float32))  # fmt: skip
     z = torch.tensor([[0.5, 0.3, 0.3], [0.2, 0.3, 0.3], [0.0, 0.3, 0.3], [0.1, 0.3, 0.3]])
     step = torch.tensor([0.8, 0, 0])
-    readings, drawn = reach_readings(IdentityVAE(), z, step, readers, "T", True)
-    assert readings.shape == (4, len(REACH_GRID)) and drawn.shape == (len(REACH_GRID), 4, 3)
+    readings = reach_readings(IdentityVAE(), z, step, readers, "T", True)
+    assert readings.shape == (4, len(REACH_GRID))
     torch.testing.assert_close(readings[1], torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    torch.testing.assert_close(drawn[1, 1], z[1] + 0.625 * step)  # the redrawn latents
+    # what the edit shows is read: a blend that shows the photo's own z0 reads 10 z0 - 5
+    shown = reach_readings(IdentityVAE(), z, step, readers, "T", True, seen=lambda d: z[:, None])
+    torch.testing.assert_close(shown[1], torch.full((4,), -3.0))
     want = torch.tensor([0.5, 0.625, 0.875, 0.75])
     torch.testing.assert_close(reach_scales(readings, 1.5), want)
     torch.testing.assert_close(reach_scales(readings, 100.0), torch.ones(4))  # never: all of it
