@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -378,12 +378,15 @@ class EditPipeline:
 
     def _reach_scale(
         self, terms: list[Term], swapped: dict[int, str], strength: float, step: torch.Tensor,
-        z: Any, seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        z: Any, face: FaceLatent | None = None, weight: torch.Tensor | None = None,
+        redraw: torch.Tensor | None = None,
     ) -> float:  # fmt: skip
         """The share of its step a face moves under an edit of one vector whose calibration
         chose a reach (:func:`conceptvae.hold.reach_scales`, read at the face's strength-1
-        step, so a sweep scales every strength alike, on what ``seen`` shows); 1 for anything
-        else. Kept for the last face and edit asked: a sweep reads it once."""
+        step, so a sweep scales every strength alike, on the face's crop as the local blend
+        shows it with ``weight`` and ``redraw``; without ``face`` or ``weight``, on the model's
+        drawing); 1 for anything else. Kept for the last face and edit asked: a sweep reads it
+        once."""
         if self.readers is None or self.hold == "none" or len(terms) != 1:
             return 1.0
         t = terms[0]
@@ -392,6 +395,11 @@ class EditPipeline:
         if reach is None or t.name not in self.readers.names:
             return 1.0
         zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
+        seen = None
+        if face is not None and weight is not None:  # the photo's crop, as the edit shows it
+            seen = partial(crop_edit, _crop_tensor(face.aligned.crop)[None],
+                           face.recon[None].float().cpu(), blend="local", weight=weight.cpu(),
+                           redraw=1.0 if redraw is None else redraw.cpu())  # fmt: skip
         key = (zz.numpy().tobytes(), t.name, direction, swapped.get(0), reach, seen is None)
         cached = self._reach_cache
         if cached is None or cached[0] != key:
@@ -428,13 +436,7 @@ class EditPipeline:
         weight = self._footprint(terms, swapped, strength)
         redraw = self._redraw(terms, swapped, strength)
         if z is not None and bool(step.abs().max() > 0):
-            seen = None
-            if face is not None and weight is not None:
-                crop = torch.from_numpy(face.aligned.crop).permute(2, 0, 1)[None].float() / 255
-                seen = partial(crop_edit, crop, face.recon[None].float().cpu(), blend="local",
-                               weight=weight.cpu(),
-                               redraw=1.0 if redraw is None else redraw.cpu())  # fmt: skip
-            step = step * self._reach_scale(terms, swapped, strength, step, z, seen)
+            step = step * self._reach_scale(terms, swapped, strength, step, z, face, weight, redraw)
         held, margin = self._held(terms, strength) if z is not None else ([], None)
         if held and bool(step.abs().max() > 0):
             zz = torch.as_tensor(z).reshape(1, -1).float().cpu()

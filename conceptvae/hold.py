@@ -34,6 +34,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -461,7 +462,7 @@ class _Trial:
         self, probe: Any, *, vae: Any, cal: dict[str, Any], readers: Readers, name: str,
         held: list[str], step: torch.Tensor, weight: Any, redraw: float, adding: bool,
     ) -> None:  # fmt: skip
-        from conceptvae.calibration import _swapped
+        from conceptvae.calibration import _swapped, crop_edit
 
         if adding and cal.get("swaps", {}).get(name):
             step, weight, redraw, _ = _swapped(cal, name, probe.z.cpu().numpy(), step, weight,
@@ -475,13 +476,9 @@ class _Trial:
         self.unedited = redrawn(vae, None, drawn=probe.d0, batch_size=probe.batch_size)
         self.edited = redrawn(vae, None, drawn=probe.drawn(step), batch_size=probe.batch_size)
         self._readings: torch.Tensor | None = None
-
-    def seen(self, drawn: torch.Tensor) -> torch.Tensor:
-        """The probe's crops as the local blend shows the faces ``drawn``."""
-        from conceptvae.calibration import crop_edit
-
-        return crop_edit(self.probe.faces, self.probe.d0, drawn, "local", weight=self.weight,
-                         redraw=self.redraw)  # fmt: skip
+        # the probe's crops as the local blend shows the faces drawn
+        self.seen = partial(crop_edit, probe.faces, probe.d0, blend="local", weight=weight,
+                            redraw=redraw)  # fmt: skip
 
     def measure(self, reach: float | None, holds: bool, margin: float | None) -> dict[str, Any]:
         """The probe's measure (:meth:`EditProbe.at`) of the edit with each face's step cut
