@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                     "hidden": hidden.get(a, []),
                     "held": res[d].get("held", []),
                     "reach": res[d].get("reach"),
+                    "push": res[d].get("push"),
                 }
             )  # fmt: skip
             # by person: a person's faces tend to succeed or fail together

@@ -44,6 +44,7 @@ from conceptvae.hold import (
     held_labels_of,
     hold_margin_of,
     hold_steps,
+    push_of,
     reach_of,
     reach_steps,
     redrawn,
@@ -891,6 +892,10 @@ def measure_edits(
         held = held_labels_of(cal.get("calibration", {}), attribute, direction)
         if held and cal.get("readers") is not None:  # the unedited faces read as drawn: d0
             margin = hold_margin_of(cal.get("calibration", {}), attribute, direction)
+            push = push_of(cal.get("calibration", {}), attribute, direction)
+            if push != 1.0:  # a held step lengthened (conceptvae.hold.HOLD_PUSHES)
+                steps = push * steps
+                res["push"] = push
             steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held, margin=margin,
                                unedited=redrawn(vae, None, drawn=d0))  # fmt: skip
             res["held"] = held
@@ -1144,6 +1149,7 @@ def summarize(measured: dict[str, Any], methods: Sequence[str], blend: str = "lo
                     "held": list(v["methods"][best][d].get("held", [])),
                     "hold_margin": v["methods"][best][d].get("hold_margin"),
                     "reach": v["methods"][best][d].get("reach"),
+                    "push": v["methods"][best][d].get("push"),
                 }
             )  # fmt: skip
             rows[-1]["verdict"] = verdict(rows[-1])[0]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from conceptvae.hold import (
     held_labels_of,
     hold_margin_of,
     hold_steps,
+    push_of,
     reach_of,
     reach_readings,
     reach_scales,
@@ -376,6 +377,15 @@ class EditPipeline:
                 margins.append(m)
         return [n for n in found if n not in own], max(margins, default=None)
 
+    def _pushes(self, terms: list[Term], strength: float) -> list[float]:
+        """Per term, how many times its step a held edit takes (:func:`push_of`; 1 for
+        none); empty when no term has a push, or the labels held are not calibration's."""
+        if self.hold != "auto":
+            return []
+        cal = self._bank_state()["calibration"]
+        out = [push_of(cal, t.name, "add" if t.coef * strength >= 0 else "remove") for t in terms]
+        return out if any(p != 1.0 for p in out) else []
+
     def _reach_scale(
         self, terms: list[Term], swapped: dict[int, str], strength: float, step: torch.Tensor,
         z: Any, face: FaceLatent | None = None, weight: torch.Tensor | None = None,
@@ -428,16 +438,20 @@ class EditPipeline:
         step stops at the face's reach where the vector has one, read on the face's crop as the
         local blend shows it (``face``: its :class:`FaceLatent`; without it, on the model's
         drawing), and holds the face's :meth:`held` labels
-        (:func:`conceptvae.hold.hold_steps`). The edit is parsed, and the face's swaps found,
+        (:func:`conceptvae.hold.hold_steps`), lengthened first where its calibration chose a
+        push (:func:`conceptvae.hold.push_of`). The edit is parsed, and the face's swaps found,
         once for all three."""
         strength = float(strength)
         terms, swapped = self._plan(edit, strength, z)
-        step = self._step(terms, swapped, strength)
+        held, margin = self._held(terms, strength) if z is not None else ([], None)
+        pushes = self._pushes(terms, strength) if held else []
+        # a held edit whose calibration chose a longer step takes it (conceptvae.hold)
+        pushed = [replace(t, coef=t.coef * p) for t, p in zip(terms, pushes)] or terms
+        step = self._step(pushed, swapped, strength)
         weight = self._footprint(terms, swapped, strength)
         redraw = self._redraw(terms, swapped, strength)
         if z is not None and bool(step.abs().max() > 0):
             step = step * self._reach_scale(terms, swapped, strength, step, z, face, weight, redraw)
-        held, margin = self._held(terms, strength) if z is not None else ([], None)
         if held and bool(step.abs().max() > 0):
             zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
             names = [t.name for t in terms]

@@ -26,6 +26,10 @@ reads the edited crop (as the blend shows it: the photo's own pixels where the e
 redraw) a threshold of logits past its boundary; a face that never reads so takes the whole
 step. Whether a direction has a reach, and which threshold, is chosen with its
 hold, by the same rule.
+
+A *push* goes the other way: a hold also pulls back part of what the step did to the target,
+so a held edit can fall short of the success strength 1 was calibrated for. A pushed edit
+lengthens the step (1.15 or 1.3 times) and holds that; chosen by the same rule again.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ REACH_GRID: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875)
 # 8 logits or more: a style the readers never saw moves their readings by a few logits
 # (docs/editing.md, "A reach")
 REACH_THRESHOLDS: tuple[float, ...] = (8.0, 16.0)
+# a *push*: a held edit whose step is this many times strength 1's. The hold puts back the
+# labels the step changed, and with them part of the target (firm holds most: Male + lost 4
+# points of success on valid faces); a longer step held gets that back for less leakage than
+# the plain step had. choose_holds tries each push with each hold rule
+HOLD_PUSHES: tuple[float, ...] = (1.15, 1.3)
 MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
 
 
@@ -345,6 +354,7 @@ def choose_holds(
     progress: bool = True,
     rules: Sequence[float | None] = HOLD_RULES,
     reaches: Sequence[float] = REACH_THRESHOLDS,
+    pushes: Sequence[float] = HOLD_PUSHES,
 ) -> dict[str, Any]:
     """Per judged vector of ``cal`` (a bank's :func:`~conceptvae.vectors.bank_calibration`)
     and direction: its edit at strength +/-1 (the local blend, its footprint and redraw) on up
@@ -352,14 +362,16 @@ def choose_holds(
     :func:`free_labels` that have readers) by each of ``rules`` (``margin``: None holds a
     label's side, a number holds firmly), and with each face's step cut to its reach by each
     threshold of ``reaches`` (:func:`reach_scales`), and by each rule on top of the reach
-    that helps most (if any); the edit that helps most (the first of equals: a hold alone, a
-    reach alone, both) is the one tried. It is kept where it cuts the judge's leakage by at
+    that helps most (if any), and held by each rule with the step lengthened by each of
+    ``pushes``; the edit that helps most (the first of equals: a hold alone, a reach alone,
+    both, a pushed hold) is the one tried. It is kept where it cuts the judge's leakage by at
     least ``HOLD_GAIN`` and costs at most ``HOLD_COST`` success, none of it below the vector's
     calibration target, on those faces and again on a second draw of other held-out faces (an
     edit chosen on faces is helped by their luck, as a strength read off them was). Returns
     the calibration records with ``hold`` in each direction's: the labels held (none for a
     reach alone), the rule (``margin``), the ``reach`` (None: every face its whole step),
-    ``kept``, both edits' success and leakage on the last draw and the faces measured
+    ``push`` (1: the step as calibrated), ``kept``, both edits' success and leakage on the
+    last draw and the faces measured
     (``chosen_on``: the first draw's, where there was a second). Vectors, strengths and
     footprints are unchanged."""
     from tqdm.auto import tqdm
@@ -410,25 +422,30 @@ def choose_holds(
             plain = trial.plain
             # each hold rule; each reach (the per-face strength), and each hold rule on top of
             # the reach that cuts leakage most where it helps, if any
-            tried = {(None, True, m): trial.measure(None, True, m) for m in rules}
+            tried = {(None, True, m, 1.0): trial.measure(None, True, m) for m in rules}
             alone = {r: trial.measure(r, False, None) for r in reaches}
-            tried.update({(r, False, None): alone[r] for r in reaches})
+            tried.update({(r, False, None, 1.0): alone[r] for r in reaches})
             helping = [r for r in reaches if _helps(plain, alone[r], target, REACH_COST)]
             reach = min(helping, key=lambda r: alone[r]["leakage"], default=None)
             if reach is not None:
-                tried.update({(reach, True, m): trial.measure(reach, True, m) for m in rules})
+                tried.update({(reach, True, m, 1.0): trial.measure(reach, True, m)
+                              for m in rules})  # fmt: skip
+            if held:  # a longer step held: what the hold took from the target, back
+                tried.update({(None, True, m, p): trial.measure(None, True, m, p)
+                              for p in pushes for m in rules})  # fmt: skip
             # the edit that cuts leakage most where it helps (the first of equals), else the
             # one that leaks least
             order = list(tried)
             best = min(order, key=lambda k: (not _keeps(k, plain, tried[k], target),
                                              tried[k]["leakage"], order.index(k)))  # fmt: skip
-            reach, holds, margin = best
+            reach, holds, margin, push = best
             holding = tried[best]
             kept = _keeps(best, plain, holding, target)
             record = {
                 "labels": held if holds else [],
                 "margin": margin,
                 "reach": reach,
+                "push": push,
                 "n_faces": int(probe.z.shape[0]),
             }
             if kept:
@@ -480,11 +497,15 @@ class _Trial:
         self.seen = partial(crop_edit, probe.faces, probe.d0, blend="local", weight=weight,
                             redraw=redraw)  # fmt: skip
 
-    def measure(self, reach: float | None, holds: bool, margin: float | None) -> dict[str, Any]:
+    def measure(
+        self, reach: float | None, holds: bool, margin: float | None, push: float = 1.0
+    ) -> dict[str, Any]:
         """The probe's measure (:meth:`EditProbe.at`) of the edit with each face's step cut
-        to its ``reach`` (:func:`reach_scales`; None: the whole step) and then, if ``holds``,
-        held by the rule ``margin`` (:func:`hold_steps`)."""
+        to its ``reach`` (:func:`reach_scales`; None: the whole step) or lengthened ``push``
+        times, and then, if ``holds``, held by the rule ``margin`` (:func:`hold_steps`)."""
         steps, edited = self.step, self.edited
+        if push != 1.0:
+            steps, edited = push * steps, None
         if reach is not None:
             if self._readings is None:
                 self._readings = reach_readings(
@@ -502,13 +523,13 @@ class _Trial:
 
 
 def _keeps(
-    variant: tuple[float | None, bool, float | None],
+    variant: tuple[float | None, bool, float | None, float],
     plain: dict[str, Any],
     now: dict[str, Any],
     target: float,
 ) -> bool:
-    """:func:`_helps` for an edit ``(reach, holds, margin)``: at the reach's cost where it has
-    one."""
+    """:func:`_helps` for an edit ``(reach, holds, margin, push)``: at the reach's cost where
+    it has one."""
     return _helps(plain, now, target, HOLD_COST if variant[0] is None else REACH_COST)
 
 
@@ -545,6 +566,15 @@ def reach_of(calibration: dict[str, Any], name: str, direction: str) -> float | 
     reach and for a bank whose edits were chosen before reaches were tried."""
     reach = _kept_hold(calibration, name, direction).get("reach")
     return None if reach is None else float(reach)
+
+
+def push_of(calibration: dict[str, Any], name: str, direction: str) -> float:
+    """How many times its calibrated step a calibrated vector's held edit in ``direction``
+    moves (a push, :data:`HOLD_PUSHES`): 1 where its kept hold has none, where no hold was
+    kept, and for a bank whose holds were chosen before pushes were tried."""
+    hold = _kept_hold(calibration, name, direction)
+    push = hold.get("push") if hold.get("labels") else None
+    return 1.0 if push is None else float(push)
 
 
 def hold_margin_of(calibration: dict[str, Any], name: str, direction: str) -> float | None:

@@ -1015,6 +1015,8 @@ def _hold_kind(hold: dict[str, Any]) -> str:
         what.append("no labels held")
     if hold.get("reach") is not None:
         what.append(f"reach {hold['reach']:g}")
+    if hold.get("labels") and (hold.get("push") or 1.0) != 1.0:
+        what.append(f"push {hold['push']:g}")
     return ", ".join(["yes", *[w for w in what if w]])
 
 
@@ -1031,11 +1033,14 @@ def describe_holds(bank: VectorBank) -> str:
     kept = sum(bool(h.get("kept")) for _, _, h in rows)
     firm = sum(bool(h.get("kept")) and h.get("margin") is not None for _, _, h in rows)
     reach = sum(bool(h.get("kept")) and h.get("reach") is not None for _, _, h in rows)
+    push = sum(bool(h.get("kept")) and bool(h.get("labels")) and (h.get("push") or 1.0) != 1.0
+               for _, _, h in rows)  # fmt: skip
     lines = [
         f"holds: an edit puts back, per face, the free labels its step changed, or stops each "
         f"face where the model reads the target clearly (reach: that many logits past its "
         f"boundary), or both; kept in {kept} of {len(rows)} directions ({firm} firm: also the "
-        f"readings it weakened by more than {HOLD_MARGIN:g} logit; {reach} with a reach)",
+        f"readings it weakened by more than {HOLD_MARGIN:g} logit; {reach} with a reach; "
+        f"{push} pushed: a longer step held)",
         f"{'vector':<20} {'dir':<6} {'faces':>5} {'held':>4} {'held: success':>13} {'leak':>6} "
         f"{'plain: success':>14} {'leak':>6}  kept",
     ]

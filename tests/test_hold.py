@@ -193,16 +193,19 @@ def test_the_holds_report_says_which_directions_hold_and_how_firmly():
               "remove": {"hold": hold(True, None, 0.99, 0.04)}},
         "B": {"add": {"hold": hold(False, 1.0, 0.95, 0.02)},
               "remove": {"hold": {**hold(True, None, 0.99, 0.03), "labels": [], "reach": 4.0}}},
-        "C": {"add": {"hold": {**hold(True, 1.0, 0.99, 0.03), "reach": 8.0}}},
+        "C": {"add": {"hold": {**hold(True, 1.0, 0.99, 0.03), "reach": 8.0}},
+              "remove": {"hold": {**hold(True, 1.0, 0.99, 0.03), "push": 1.3}}},
     }  # fmt: skip
     bank = VectorBank({n: np.ones(3) for n in "ABC"}, metadata={"calibration": cal})
     lines = describe_holds(bank).splitlines()
-    assert "kept in 4 of 5 directions (2 firm" in lines[0] and "2 with a reach)" in lines[0]
+    assert "kept in 5 of 6 directions (3 firm" in lines[0] and "2 with a reach" in lines[0]
+    assert "1 pushed" in lines[0]
     row = {tuple(x.split()[:2]): x for x in lines[2:]}
     assert row[("A", "add")].endswith("yes, firm") and "98.5%" in row[("A", "add")]
     assert row[("A", "remove")].endswith("yes") and row[("B", "add")].endswith("no")
     assert row[("B", "remove")].endswith("yes, no labels held, reach 4")
     assert row[("C", "add")].endswith("yes, firm, reach 8")
+    assert row[("C", "remove")].endswith("yes, firm, push 1.3")
     assert describe_holds(VectorBank({"A": np.ones(3)})) == ""
 
 

@@ -315,11 +315,13 @@ def _md_direction(
 
 
 def _hold_tag(cell: dict[str, Any]) -> str:
-    """What follows a method held in the tables: its hold, whether it holds firmly, and its
-    reach (each face stopped where the model reads the target clearly)."""
+    """What follows a method held in the tables: its hold, whether it holds firmly, its
+    push (a longer step held) and its reach (each face stopped where the model reads the
+    target clearly)."""
     tag = ""
     if cell.get("held"):
         tag = " + firm hold" if cell.get("hold_margin") is not None else " + hold"
+        tag += f" x{cell['push']:g}" if cell.get("push") is not None else ""
     return tag + (" + reach" if cell.get("reach") is not None else "")
 
 
