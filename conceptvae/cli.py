@@ -655,6 +655,13 @@ _EXCLUSIVE_HELP = (
     help="Keep RUN's vectors, strengths and swaps; fit the labels' readers and choose each "
     "vector's hold and reach on the valid split (minutes, not a full fit).",
 )
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Also try each hold on a step 1.15 and 1.3 times as long, kept where it cuts leakage "
+    "at no cost in success on the valid split: for photos in the style of the training faces "
+    "(in a style the model never saw it did not help).",
+)
 @click.option("--show", is_flag=True, help="Print the report of the bank saved in RUN and stop.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -678,6 +685,7 @@ def vectors(
     judge_dir: str | None,
     swaps_only: bool,
     holds_only: bool,
+    push: bool,
     show: bool,
     batch_size: int,
     device: str,
@@ -702,7 +710,7 @@ def vectors(
     from conceptvae import vectors as V
     from conceptvae.data.cache import frame_crop, is_cache, open_or_prepare
     from conceptvae.data.folder import read_pair
-    from conceptvae.hold import Readers
+    from conceptvae.hold import HOLD_PUSHES, Readers
     from conceptvae.model import ConceptVAE
     from conceptvae.pretrained import is_shipped, resolve
     from conceptvae.train import resolve_device
@@ -806,7 +814,8 @@ def vectors(
             bank = saved_bank("choose holds for")
             readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
             bank = V.add_holds(vae, bank, judge_factory(), c, readers, run_dir,
-                               n_faces=confirm_faces, batch_size=batch_size)  # fmt: skip
+                               n_faces=confirm_faces, batch_size=batch_size,
+                               pushes=HOLD_PUSHES if push else ())  # fmt: skip
             readers.merged(Readers.load(run_dir)).save(run_dir)
             bank.save(run_dir)
             click.echo(V.describe_holds(bank))
@@ -823,7 +832,8 @@ def vectors(
         if any(r.get("scale") == "judge" for r in records):
             new = V.add_holds(vae, new, judge_factory(), c, readers, run_dir,
                               n_faces=max(calibration_faces, confirm_faces),
-                              batch_size=batch_size)  # fmt: skip
+                              batch_size=batch_size,
+                              pushes=HOLD_PUSHES if push else ())  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
         click.echo(f"warning: replacing the vectors in {run_dir}, made for another model", err=True)

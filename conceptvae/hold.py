@@ -29,7 +29,8 @@ hold, by the same rule.
 
 A *push* goes the other way: a hold also pulls back part of what the step did to the target,
 so a held edit can fall short of the success strength 1 was calibrated for. A pushed edit
-lengthens the step (1.15 or 1.3 times) and holds that; chosen by the same rule again.
+lengthens the step (1.15 or 1.3 times) and holds that; chosen by the same rule again, and
+only when asked: in styles the model never saw it did not help.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ REACH_THRESHOLDS: tuple[float, ...] = (8.0, 16.0)
 # a *push*: a held edit whose step is this many times strength 1's. The hold puts back the
 # labels the step changed, and with them part of the target (firm holds most: Male + lost 4
 # points of success on valid faces); a longer step held gets that back for less leakage than
-# the plain step had. choose_holds tries each push with each hold rule
+# the plain step had. choose_holds tries each push with each hold rule when asked
+# (`vectors --push`): not by default, since on faces in a style the model never saw it gave
+# no gain and lost success on some directions (docs/editing.md, "A push")
 HOLD_PUSHES: tuple[float, ...] = (1.15, 1.3)
 MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
 
@@ -354,7 +357,7 @@ def choose_holds(
     progress: bool = True,
     rules: Sequence[float | None] = HOLD_RULES,
     reaches: Sequence[float] = REACH_THRESHOLDS,
-    pushes: Sequence[float] = HOLD_PUSHES,
+    pushes: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Per judged vector of ``cal`` (a bank's :func:`~conceptvae.vectors.bank_calibration`)
     and direction: its edit at strength +/-1 (the local blend, its footprint and redraw) on up
@@ -363,8 +366,9 @@ def choose_holds(
     label's side, a number holds firmly), and with each face's step cut to its reach by each
     threshold of ``reaches`` (:func:`reach_scales`), and by each rule on top of the reach
     that helps most (if any), and held by each rule with the step lengthened by each of
-    ``pushes``; the edit that helps most (the first of equals: a hold alone, a reach alone,
-    both, a pushed hold) is the one tried. It is kept where it cuts the judge's leakage by at
+    ``pushes`` (none by default; :data:`HOLD_PUSHES` with ``vectors --push``); the edit
+    that helps most (the first of equals: a hold alone, a reach alone, both, a pushed hold)
+    is the one tried. It is kept where it cuts the judge's leakage by at
     least ``HOLD_GAIN`` and costs at most ``HOLD_COST`` success, none of it below the vector's
     calibration target, on those faces and again on a second draw of other held-out faces (an
     edit chosen on faces is helped by their luck, as a strength read off them was). Returns

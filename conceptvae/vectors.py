@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -723,9 +724,10 @@ def fit_readers(
 def _with_holds(
     vae: ConceptVAE, bank: VectorBank, judge: Any, cache: PreparedCache, names: list[str],
     held_idx: np.ndarray, held_z: np.ndarray, held_y: np.ndarray, y: np.ndarray,
-    readers: Readers, *, n_faces: int, progress: bool,
+    readers: Readers, *, n_faces: int, progress: bool, pushes: Sequence[float] = (),
 ) -> VectorBank:  # fmt: skip
-    """``bank`` with each calibrated vector's hold chosen on the held-out faces."""
+    """``bank`` with each calibrated vector's hold chosen on the held-out faces (``pushes``:
+    :func:`conceptvae.hold.choose_holds`')."""
     cal = bank_calibration(bank)
     if not cal["calibration"]:
         return bank
@@ -734,7 +736,7 @@ def _with_holds(
         choose_holds(
             vae, judge, cal, readers, faces=cache.batch, held_idx=held_idx, held_z=held_z,
             held_labels=held_y, names=names, train_labels=y, n_faces=n_faces,
-            progress=progress,
+            progress=progress, pushes=pushes,
         )
     )  # fmt: skip
     return VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
@@ -752,15 +754,18 @@ def add_holds(
     n_faces: int = CONFIRM_FACES,
     batch_size: int = 256,
     progress: bool = True,
+    pushes: Sequence[float] = (),
 ) -> VectorBank:
     """The holds of a bank already fitted (``conceptvae vectors --holds-only``), chosen on the
-    held-out split; its vectors, strengths, footprints and swaps stay as they are."""
+    held-out split; its vectors, strengths, footprints and swaps stay as they are.
+    ``pushes``: the longer held steps to try as well (``vectors --push``:
+    :data:`conceptvae.hold.HOLD_PUSHES`)."""
     names = list(cache.attr_names)
     h_idx, h_z = _heldout_latents(vae, cache, run, "choose holds", batch_size, progress)
     y = np.asarray(cache.labels[cache.split("train")])
     return _with_holds(vae, bank, judge, cache, names, h_idx, h_z,
                        np.asarray(cache.labels[h_idx]), y, readers, n_faces=n_faces,
-                       progress=progress)  # fmt: skip
+                       progress=progress, pushes=pushes)  # fmt: skip
 
 
 def with_redraws(

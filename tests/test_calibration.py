@@ -1035,3 +1035,53 @@ def test_a_reach_stops_each_face_where_it_reads_the_target_and_is_chosen_where_i
     # the faces the reach stops early are the ones near Bright's boundary, which keep Red
     red = reached["add"]["local"]["flips"]["Red"]
     assert red == pytest.approx(reached["add"]["local"]["leakage"])
+
+
+def test_a_pushed_hold_is_chosen_where_holding_takes_back_part_of_the_target():
+    """Bright's vector lowers z1 (Red) by 0.6 for every 1 it adds to z0 (as in the reach
+    world), but Bright's reader also reads Red a little (40 z0 + 10 z1): putting Red back
+    with Bright's reading unchanged takes a quarter of the Red correction off z0, and the
+    held edit at strength 1 turns 89% of faces (the plain one 97%). A step 1.15 times as
+    long, held, turns 98% and keeps Red on every face; 1.3 would too (100%), but the first
+    of equals is kept."""
+    from conceptvae.hold import HOLD_PUSHES, Readers, choose_holds
+
+    w = _reach_world()
+    weight = np.array([[40, 10, 0, 0], [0, 40, 0, 0], [0, 0, 40, 0]], np.float32)
+    readers = Readers(list(FakeJudge.names), weight, np.zeros(3, np.float32))
+    cal = {**w.cal, "readers": readers}
+    train_z, train_y = train_cells()
+
+    def faces(idx):
+        return w.vae.decode(torch.from_numpy(w.held_z[idx]).float())
+
+    kw = dict(faces=faces, names=FakeJudge.names, train_labels=train_y)
+    chosen = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
+                          held_z=w.held_z, held_labels=w.held_y, progress=False,
+                          rules=(None,), reaches=(), pushes=HOLD_PUSHES, **kw)  # fmt: skip
+    rec = chosen["Bright"]["add"]["hold"]
+    assert rec["plain"]["leakage_at_1"] == pytest.approx(0.5, abs=0.02)
+    assert rec["kept"] and "Red" in rec["labels"] and rec["push"] == 1.15
+    assert rec["leakage_at_1"] == 0.0 and rec["success_at_1"] >= rec["plain"]["success_at_1"]
+    unpushed = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
+                            held_z=w.held_z, held_labels=w.held_y, progress=False,
+                            rules=(None,), reaches=(), **kw)  # fmt: skip
+    # held at strength 1 the edit falls short, so no hold is kept (pushes are tried only when
+    # asked)
+    assert not unpushed["Bright"]["add"]["hold"]["kept"]
+    assert unpushed["Bright"]["add"]["hold"]["success_at_1"] < 0.9
+    pushed13 = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
+                            held_z=w.held_z, held_labels=w.held_y, progress=False,
+                            rules=(None,), reaches=(), pushes=(1.3,), **kw)  # fmt: skip
+    assert pushed13["Bright"]["add"]["hold"]["success_at_1"] == 1.0
+    # measure_edits makes the edit the record chose: the longer step, held
+    mkw = dict(faces=faces, idx=np.arange(200), z=w.held_z, labels=w.held_y,
+               train_labels=train_y, judged=["Bright", "Red"], blends=("local",))  # fmt: skip
+    pushed = measure_edits(w.vae, FakeJudge(), {**cal, "calibration": chosen}, "Bright",
+                           names=FakeJudge.names, **mkw)  # fmt: skip
+    held = measure_edits(w.vae, FakeJudge(), {**cal, "calibration": unpushed}, "Bright",
+                         names=FakeJudge.names, **mkw)  # fmt: skip
+    assert pushed["add"]["push"] == 1.15 and "Red" in pushed["add"]["held"]
+    assert pushed["add"]["local"]["success"] >= 0.97 and pushed["add"]["local"]["leakage"] == 0.0
+    # the record not kept, the edit is the plain one, which loses Red on half the faces
+    assert "push" not in held["add"] and held["add"]["local"]["leakage"] > 0.45

@@ -303,6 +303,41 @@ def test_pipeline_holds_by_the_rule_calibration_chose(held_run, tmp_path):
     assert float(w @ (held - step)) > 2.99  # ... the firm one adds back (at least) the 3
 
 
+def test_pipeline_takes_the_longer_step_its_hold_chose(held_run, tmp_path):
+    """The Smiling addition's hold chosen with a push of 1.3: the pipeline holds a step 1.3
+    times as long, at every strength; removing (no hold kept), ``hold="none"`` and labels the
+    user names move the step as calibrated."""
+    import shutil
+
+    from attributes.bank import VectorBank
+    from conceptvae.edit import EditPipeline
+
+    run = tmp_path / "push"
+    shutil.copytree(held_run, run)
+    bank = VectorBank.load(run)
+    meta = bank.metadata
+    meta["calibration"]["Smiling"]["add"]["hold"]["push"] = 1.3
+    meta["calibration"]["Smiling"]["remove"]["hold"]["push"] = 1.3  # not kept: no push
+    VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
+               footprints=bank.footprints).save(run)  # fmt: skip
+    pipe = EditPipeline.from_pretrained(run)
+    z = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    step = pipe.direction("Smiling")
+    args = (pipe.vae, z[None])
+    rest = (pipe.readers, ["Smiling"], ["Male", "Eyeglasses"])
+    for s in (1.0, 2.0):
+        want = hold_steps(*args, 1.3 * s * step[None], *rest)[0]
+        torch.testing.assert_close(pipe.face_edit("Smiling", s, z)[0], want)
+        assert not torch.allclose(want, hold_steps(*args, s * step[None], *rest)[0])
+    torch.testing.assert_close(pipe.face_edit("Smiling", -1.0, z)[0], -step)
+    plain = EditPipeline.from_pretrained(run, hold="none")
+    torch.testing.assert_close(plain.face_edit("Smiling", 1.0, z)[0], step)
+    named = EditPipeline.from_pretrained(run, hold="Male")
+    want = hold_steps(*args, step[None], pipe.readers, ["Smiling"], ["Male"],
+                      margin=HOLD_MARGIN)[0]  # fmt: skip
+    torch.testing.assert_close(named.face_edit("Smiling", 1.0, z)[0], want)
+
+
 def _reach_run(held_run, tmp_path):
     """A copy of ``held_run`` whose Smiling addition chose a reach of 2 logits, no labels held."""
     import shutil
@@ -522,6 +557,20 @@ def test_reach_of_reads_only_kept_records():
     assert held_labels_of(cal, "A", "add") == [] and hold_margin_of(cal, "A", "add") is None
 
 
+def test_push_of_reads_only_kept_holds_that_hold_labels():
+    from conceptvae.hold import push_of
+
+    cal = {
+        "A": {"add": {"hold": {"labels": ["B"], "kept": True, "push": 1.3}},
+              "remove": {"hold": {"labels": ["B"], "kept": False, "push": 1.15}}},
+        "B": {"add": {"hold": {"labels": [], "kept": True, "reach": 8.0, "push": 1.0}}},
+        "Old": {"add": {"hold": {"labels": ["B"], "kept": True}}},  # before pushes
+    }  # fmt: skip
+    assert push_of(cal, "A", "add") == 1.3
+    assert push_of(cal, "A", "remove") == 1.0 and push_of(cal, "B", "add") == 1.0
+    assert push_of(cal, "Old", "add") == 1.0 and push_of(cal, "Nothing", "add") == 1.0
+
+
 def test_the_evaluate_tables_tag_each_edit_with_its_hold_and_reach():
     from conceptvae.evaluation.report import _hold_tag
 
@@ -529,3 +578,4 @@ def test_the_evaluate_tables_tag_each_edit_with_its_hold_and_reach():
     assert _hold_tag({"held": ["C"]}) == " + hold"
     assert _hold_tag({"held": ["C"], "hold_margin": 1.0, "reach": 2.0}) == " + firm hold + reach"
     assert _hold_tag({"held": [], "reach": 4.0}) == " + reach"
+    assert _hold_tag({"held": ["C"], "hold_margin": 1.0, "push": 1.3}) == " + firm hold x1.3"

@@ -373,11 +373,17 @@ def test_holds_only_needs_a_bank_and_saves_holds_and_readers_keeping_the_vectors
     r = run("vectors", run_dir, data / "cache", "--holds-only", "--confirm-faces", "300")
     assert r.exit_code == 0, r.output
     assert seen["judge"] == "the judge" and seen["n_faces"] == 300
+    assert seen["pushes"] == ()  # longer held steps are tried only when asked
     assert seen["readers"] == list(open_cache(data / "cache").attr_names)
     assert "kept in 1 of 1 directions" in r.output
     assert (run_dir / "vectors.safetensors").read_bytes() == before
     assert VectorBank.load(run_dir).metadata["calibration"]["Bright"]["add"]["hold"]["kept"]
     assert (run_dir / "readers.safetensors").is_file()
+    r = run("vectors", run_dir, data / "cache", "--holds-only", "--push")
+    from conceptvae.hold import HOLD_PUSHES
+
+    assert r.exit_code == 0, r.output
+    assert seen["pushes"] == HOLD_PUSHES == (1.15, 1.3)
 
 
 def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):
