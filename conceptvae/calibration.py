@@ -1051,7 +1051,9 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
       direction at its calibrated strength (``floor["direction_success"]``) is seen by the
       judge on 95% of faces: this judge sees the target only with what the data ties to it,
       so its 95% asks for more than the target. Weaker than the floors above: it does not
-      show that no direction could do it, only that the true ones cannot;
+      show that no direction could do it, only that the true ones cannot. Also an edit
+      short of 95% whose success is at least both of those (it is seen as often as the
+      true edits are, or more), which would otherwise be *too weak*;
     - ``vector leaks``: the vector itself flips free labels; the reason names the largest and,
       with ``floor``, what the model's true edits leak.
     """
@@ -1066,6 +1068,11 @@ def verdict(row: dict[str, Any], floor: dict[str, float] | None = None) -> tuple
         if row.get("n"):  # how far sampling alone may put the measured share from the truth
             lo, hi = row.get("success_interval") or success_interval(succ, row["n"])
             seen += f"; 95% interval {lo:.1%}-{hi:.1%} on {row['n']} faces"
+        missed = _judge_misses(floor)
+        if missed and succ >= max(floor["success"], floor["direction_success"]):
+            # short of 95%, but no less often seen than the true edits: the judge's 95% asks
+            # for more than the target (what the data ties to it too)
+            return VERDICTS[6], f"success {succ:.1%} < {SUCCESS_GOAL:.0%}; {missed}"
         return "too weak", f"success {succ:.1%} < {SUCCESS_GOAL:.0%}{seen}"
     if floor is not None and leak <= max(LEAKAGE_GOAL, floor["leakage"] + FLOOR_MARGIN):
         return (

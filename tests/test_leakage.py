@@ -255,3 +255,12 @@ def test_verdict_says_why_an_edit_misses_the_goals():
     assert verdict(leaky, {**blind, "success": 0.91})[0] == "vector leaks"
     assert verdict(leaky, {**blind, "n": None})[0] == "vector leaks"
     assert verdict(leaky, {**blind, "success": 0.89})[0] == "the judge misses the true edit"
+    # short of 95%, but seen more often than the true edit and direction: the judge's doing;
+    # seen less often than the true direction: too weak
+    kind, reason = verdict({**row(0.93, 0.01, 0.01), "n": 1000}, blind)
+    assert kind == "the judge misses the true edit" and reason.startswith("success 93.0% < 95%")
+    assert "true edit on 40% of 100 faces" in reason
+    assert verdict({**row(0.55, 0.01, 0.01), "n": 1000}, blind)[0] == "too weak"
+    assert verdict({**row(0.93, 0.01, 0.01), "n": 1000}, {**blind, "success": 0.91})[0] == (
+        "too weak"
+    )
