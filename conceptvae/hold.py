@@ -576,7 +576,11 @@ def push_of(calibration: dict[str, Any], name: str, direction: str) -> float:
     """How many times its calibrated step a calibrated vector's held edit in ``direction``
     moves (a push, :data:`HOLD_PUSHES`): 1 where its kept hold has none, where no hold was
     kept, and for a bank whose holds were chosen before pushes were tried."""
-    hold = _kept_hold(calibration, name, direction)
+    return record_push(_kept_hold(calibration, name, direction))
+
+
+def record_push(hold: dict[str, Any]) -> float:
+    """The push of a hold record (kept or not): 1 where it has none or holds no labels."""
     push = hold.get("push") if hold.get("labels") else None
     return 1.0 if push is None else float(push)
 

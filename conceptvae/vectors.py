@@ -43,7 +43,7 @@ from conceptvae.calibration import (
 from conceptvae.calibration import problems as calibration_problems
 from conceptvae.data.cache import PreparedCache
 from conceptvae.errors import DataError
-from conceptvae.hold import HOLD_MARGIN, Readers, choose_holds
+from conceptvae.hold import HOLD_MARGIN, Readers, choose_holds, record_push
 from conceptvae.model import ConceptVAE
 
 LATENTS_DIR = "latents"
@@ -1020,8 +1020,8 @@ def _hold_kind(hold: dict[str, Any]) -> str:
         what.append("no labels held")
     if hold.get("reach") is not None:
         what.append(f"reach {hold['reach']:g}")
-    if hold.get("labels") and (hold.get("push") or 1.0) != 1.0:
-        what.append(f"push {hold['push']:g}")
+    if record_push(hold) != 1.0:
+        what.append(f"push {record_push(hold):g}")
     return ", ".join(["yes", *[w for w in what if w]])
 
 
@@ -1038,8 +1038,7 @@ def describe_holds(bank: VectorBank) -> str:
     kept = sum(bool(h.get("kept")) for _, _, h in rows)
     firm = sum(bool(h.get("kept")) and h.get("margin") is not None for _, _, h in rows)
     reach = sum(bool(h.get("kept")) and h.get("reach") is not None for _, _, h in rows)
-    push = sum(bool(h.get("kept")) and bool(h.get("labels")) and (h.get("push") or 1.0) != 1.0
-               for _, _, h in rows)  # fmt: skip
+    push = sum(bool(h.get("kept")) and record_push(h) != 1.0 for _, _, h in rows)
     lines = [
         f"holds: an edit puts back, per face, the free labels its step changed, or stops each "
         f"face where the model reads the target clearly (reach: that many logits past its "
