@@ -54,7 +54,7 @@ HOLD_ROUNDS = 2  # correction rounds per edit
 HOLD_GAIN = 0.003  # a hold is kept where it cuts the judged leakage by at least this
 HOLD_COST = 0.01  # ... and costs at most this much success
 # ... half as much where it stops faces at their reach: that takes away the margin strength 1
-# keeps on each face, which a style the model never saw needs (docs/editing.md, "A reach")
+# keeps on each face, which a style the model never saw needs (docs/edit-measurements.md, "A reach")
 REACH_COST = 0.005
 # a firm hold puts back a held reading that moved this many logits toward its boundary; the
 # rules choose_holds tries per direction, the plain (side only) rule first
@@ -66,14 +66,14 @@ HOLD_RULES: tuple[float | None, ...] = (None, HOLD_MARGIN)
 # choose_holds tries each threshold of REACH_THRESHOLDS (logits) per direction
 REACH_GRID: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875)
 # 8 logits or more: a style the readers never saw moves their readings by a few logits
-# (docs/editing.md, "A reach")
+# (docs/edit-measurements.md, "A reach")
 REACH_THRESHOLDS: tuple[float, ...] = (8.0, 16.0)
 # a *push*: a held edit whose step is this many times strength 1's. The hold puts back the
 # labels the step changed, and with them part of the target (firm holds most: Male + lost 4
 # points of success on valid faces); a longer step held gets that back for less leakage than
 # the plain step had. choose_holds tries each push with each hold rule when asked
 # (`vectors --push`): not by default, since on faces in a style the model never saw it gave
-# no gain and lost success on some directions (docs/editing.md, "A push")
+# no gain and lost success on some directions (docs/edit-measurements.md, "A push")
 HOLD_PUSHES: tuple[float, ...] = (1.15, 1.3)
 MAX_READER_ROWS = 20_000  # rows the readers are fitted on (CelebA's train split has 162,770)
 
