@@ -43,8 +43,9 @@ def links(path: Path) -> list[str]:
     return [m.group(1) for line in prose(path) for m in LINK.finditer(line)]
 
 
-def broken(path: Path) -> list[str]:
-    """The links of ``path`` to a missing file or to a section its page does not have."""
+def broken(path: Path, root: Path = ROOT) -> list[str]:
+    """The links of ``path`` to a missing file or to a section its page does not have (paths
+    said relative to ``root``)."""
     bad = []
     for target in links(path):
         if re.match(r"[a-z]+:", target):  # https:, mailto: ... are not ours to check
@@ -52,9 +53,9 @@ def broken(path: Path) -> list[str]:
         file, _, section = target.partition("#")
         page = (path.parent / file).resolve() if file else path
         if not page.exists():
-            bad.append(f"{target}: no file {page.relative_to(ROOT)}")
+            bad.append(f"{target}: no file {page.relative_to(root)}")
         elif section and page.suffix == ".md" and section not in anchors(page):
-            bad.append(f"{target}: {page.relative_to(ROOT)} has no heading with that anchor")
+            bad.append(f"{target}: {page.relative_to(root)} has no heading with that anchor")
     return bad
 
 
@@ -75,16 +76,11 @@ def test_a_broken_link_is_found(tmp_path):
         "[gone](a.md#not-a-heading) [missing](c.md) [self](#nowhere)\n"
         "```\n[in code](c.md)\n```\n"
     )
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        assert broken(page) == [
-            "a.md#not-a-heading: a.md has no heading with that anchor",
-            "c.md: no file c.md",
-            "#nowhere: b.md has no heading with that anchor",
-        ]
-    finally:
-        ROOT = saved
+    assert broken(page, root=tmp_path) == [
+        "a.md#not-a-heading: a.md has no heading with that anchor",
+        "c.md: no file c.md",
+        "#nowhere: b.md has no heading with that anchor",
+    ]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
