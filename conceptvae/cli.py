@@ -716,6 +716,7 @@ def vectors(
     from conceptvae.train import resolve_device
 
     run_dir = resolve(run)
+    pushes = HOLD_PUSHES if push else ()  # longer held steps, only when asked
     if is_shipped(run) and not show:
         raise DataError(
             f"{run} is a model shipped with conceptvae and is read-only: copy the folder "
@@ -813,9 +814,8 @@ def vectors(
         if holds_only:
             bank = saved_bank("choose holds for")
             readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
-            bank = V.add_holds(vae, bank, judge_factory(), c, readers, run_dir,
-                               n_faces=confirm_faces, batch_size=batch_size,
-                               pushes=HOLD_PUSHES if push else ())  # fmt: skip
+            bank = V.add_holds(vae, bank, judge_factory(), c, readers, run_dir, pushes=pushes,
+                               n_faces=confirm_faces, batch_size=batch_size)  # fmt: skip
             readers.merged(Readers.load(run_dir)).save(run_dir)
             bank.save(run_dir)
             click.echo(V.describe_holds(bank))
@@ -832,8 +832,7 @@ def vectors(
         if any(r.get("scale") == "judge" for r in records):
             new = V.add_holds(vae, new, judge_factory(), c, readers, run_dir,
                               n_faces=max(calibration_faces, confirm_faces),
-                              batch_size=batch_size,
-                              pushes=HOLD_PUSHES if push else ())  # fmt: skip
+                              batch_size=batch_size, pushes=pushes)  # fmt: skip
     old = None if replace else V.load_bank(run_dir)
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
         click.echo(f"warning: replacing the vectors in {run_dir}, made for another model", err=True)

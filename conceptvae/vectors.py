@@ -1020,8 +1020,8 @@ def _hold_kind(hold: dict[str, Any]) -> str:
         what.append("no labels held")
     if hold.get("reach") is not None:
         what.append(f"reach {hold['reach']:g}")
-    if record_push(hold) != 1.0:
-        what.append(f"push {record_push(hold):g}")
+    if (push := record_push(hold)) != 1.0:
+        what.append(f"push {push:g}")
     return ", ".join(["yes", *[w for w in what if w]])
 
 

@@ -1055,24 +1055,20 @@ def test_a_pushed_hold_is_chosen_where_holding_takes_back_part_of_the_target():
     def faces(idx):
         return w.vae.decode(torch.from_numpy(w.held_z[idx]).float())
 
-    kw = dict(faces=faces, names=FakeJudge.names, train_labels=train_y)
-    chosen = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
-                          held_z=w.held_z, held_labels=w.held_y, progress=False,
-                          rules=(None,), reaches=(), pushes=HOLD_PUSHES, **kw)  # fmt: skip
+    kw = dict(faces=faces, names=FakeJudge.names, train_labels=train_y, held_idx=np.arange(200),
+              held_z=w.held_z, held_labels=w.held_y, progress=False, rules=(None,),
+              reaches=())  # fmt: skip
+    chosen = choose_holds(w.vae, FakeJudge(), cal, readers, pushes=HOLD_PUSHES, **kw)
     rec = chosen["Bright"]["add"]["hold"]
     assert rec["plain"]["leakage_at_1"] == pytest.approx(0.5, abs=0.02)
     assert rec["kept"] and "Red" in rec["labels"] and rec["push"] == 1.15
     assert rec["leakage_at_1"] == 0.0 and rec["success_at_1"] >= rec["plain"]["success_at_1"]
-    unpushed = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
-                            held_z=w.held_z, held_labels=w.held_y, progress=False,
-                            rules=(None,), reaches=(), **kw)  # fmt: skip
+    unpushed = choose_holds(w.vae, FakeJudge(), cal, readers, **kw)
     # held at strength 1 the edit falls short, so no hold is kept (pushes are tried only when
     # asked)
     assert not unpushed["Bright"]["add"]["hold"]["kept"]
     assert unpushed["Bright"]["add"]["hold"]["success_at_1"] < 0.9
-    pushed13 = choose_holds(w.vae, FakeJudge(), cal, readers, held_idx=np.arange(200),
-                            held_z=w.held_z, held_labels=w.held_y, progress=False,
-                            rules=(None,), reaches=(), pushes=(1.3,), **kw)  # fmt: skip
+    pushed13 = choose_holds(w.vae, FakeJudge(), cal, readers, pushes=(1.3,), **kw)
     assert pushed13["Bright"]["add"]["hold"]["success_at_1"] == 1.0
     # measure_edits makes the edit the record chose: the longer step, held
     mkw = dict(faces=faces, idx=np.arange(200), z=w.held_z, labels=w.held_y,
