@@ -40,15 +40,7 @@ import numpy as np
 import torch
 
 from attributes.estimators import IMPLIED_SUPPORT, _correlations, implied_by
-from conceptvae.hold import (
-    held_labels_of,
-    hold_margin_of,
-    hold_steps,
-    push_of,
-    reach_of,
-    reach_steps,
-    redrawn,
-)
+from conceptvae.hold import EditRule, redrawn, rule_steps
 
 BLENDS = ("local", "residual", "replace")  # the blends an edit can be measured with in a crop
 # strength 1: this share of held-out faces judged as wanted. 98%, not 97%: calibrating on 200
@@ -882,25 +874,18 @@ def measure_edits(
         # a vector whose edit was chosen to stop each face at its reach does so, and one
         # whose hold was kept holds its labels on each face (conceptvae.hold)
         d0 = torch.cat([_decode(vae, z0[k : k + 256]).cpu() for k in range(0, rows.size, 256)])
-        reach = reach_of(cal.get("calibration", {}), attribute, direction)
-        if reach is not None and cal.get("readers") is not None:
-            # read on the crops as the local blend shows them
-            seen = partial(crop_edit, x, d0, blend="local", weight=w_rows, redraw=r_rows)
-            steps = reach_steps(vae, z0, steps, cal["readers"], attribute, label == 0, reach,
-                                seen=seen)  # fmt: skip
-            res["reach"] = reach
-        held = held_labels_of(cal.get("calibration", {}), attribute, direction)
-        if held and cal.get("readers") is not None:  # the unedited faces read as drawn: d0
-            margin = hold_margin_of(cal.get("calibration", {}), attribute, direction)
-            push = push_of(cal.get("calibration", {}), attribute, direction)
-            if push != 1.0:  # a held step lengthened (conceptvae.hold.HOLD_PUSHES)
-                steps = push * steps
-                res["push"] = push
-            steps = hold_steps(vae, z0, steps, cal["readers"], [attribute], held, margin=margin,
-                               unedited=redrawn(vae, None, drawn=d0))  # fmt: skip
-            res["held"] = held
-            if margin is not None:
-                res["hold_margin"] = margin
+        rule = EditRule()  # without readers, every face its whole step
+        if cal.get("readers") is not None:
+            rule = EditRule.of(cal.get("calibration", {}), attribute, direction)
+        if not rule.plain:
+            # the reach read on the crops as the local blend shows them; the unedited faces
+            # read as drawn: d0
+            steps = rule_steps(
+                vae, z0, steps, cal["readers"], [attribute], label == 0, rule,
+                seen=partial(crop_edit, x, d0, blend="local", weight=w_rows, redraw=r_rows),
+                unedited=redrawn(vae, None, drawn=d0) if rule.held else None,
+            )  # fmt: skip
+            res.update(_rule_record(rule))
         d1 = torch.cat(
             [_decode(vae, z0[k : k + 256] + steps[k : k + 256]).cpu()
              for k in range(0, rows.size, 256)]
@@ -949,6 +934,17 @@ def measure_edits(
             res[blend]["why"] = explain(res[blend], reasons, detail)
         out[direction] = res
     out["hidden"] = list(hidden)
+    return out
+
+
+def _rule_record(rule: EditRule) -> dict[str, Any]:
+    """What :func:`measure_edits` records of the rule its edit took: ``reach``, and for a
+    hold ``push`` (where it lengthens), ``held`` and ``hold_margin`` (where it is firm)."""
+    out: dict[str, Any] = {} if rule.reach is None else {"reach": rule.reach}
+    if rule.held:
+        out.update({"push": rule.push} if rule.push != 1.0 else {})
+        out["held"] = list(rule.held)
+        out.update({"hold_margin": rule.margin} if rule.margin is not None else {})
     return out
 
 

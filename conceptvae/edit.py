@@ -56,15 +56,15 @@ from conceptvae.faces import (
 )
 from conceptvae.hold import (
     HOLD_MARGIN,
+    EditRule,
     Readers,
     held_labels_of,
     hold_margin_of,
-    hold_steps,
     push_of,
     reach_of,
     reach_readings,
-    reach_scales,
     redrawn,
+    rule_steps,
 )
 from conceptvae.images import Photo, read_image
 from conceptvae.model import ConceptVAE
@@ -142,7 +142,7 @@ class EditPipeline:
         self.readers = readers
         self.hold = _check_hold(hold, readers)
         self._unedited_cache: tuple[bytes, torch.Tensor] | None = None  # see _unedited
-        self._reach_cache: tuple[tuple[Any, ...], float] | None = None  # see _reach_scale
+        self._reach_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None  # _reach_readings
 
     @classmethod
     def from_pretrained(
@@ -386,37 +386,51 @@ class EditPipeline:
         out = [push_of(cal, t.name, "add" if t.coef * strength >= 0 else "remove") for t in terms]
         return out if any(p != 1.0 for p in out) else []
 
-    def _reach_scale(
-        self, terms: list[Term], swapped: dict[int, str], strength: float, step: torch.Tensor,
-        z: Any, face: FaceLatent | None = None, weight: torch.Tensor | None = None,
-        redraw: torch.Tensor | None = None,
-    ) -> float:  # fmt: skip
-        """The share of its step a face moves under an edit of one vector whose calibration
-        chose a reach (:func:`conceptvae.hold.reach_scales`, read at the face's strength-1
-        step, so a sweep scales every strength alike, on the face's crop as the local blend
-        shows it with ``weight`` and ``redraw``; without ``face`` or ``weight``, on the model's
-        drawing); 1 for anything else. Kept for the last face and edit asked: a sweep reads it
-        once."""
-        if self.readers is None or self.hold == "none" or len(terms) != 1:
-            return 1.0
+    def _rule(self, terms: list[Term], strength: float) -> EditRule:
+        """How a face's edit moves it (:class:`conceptvae.hold.EditRule`): the labels
+        :meth:`held`, by their rule; for an edit of one vector also the reach its calibration
+        chose (where that label has a reader) and, where its calibration's labels are held,
+        its push. An edit of several vectors has no reach, and each term's push lengthens its
+        own coefficient (:meth:`_pushes`)."""
+        held, margin = self._held(terms, strength)
+        if len(terms) != 1 or self.readers is None or self.hold == "none":
+            return EditRule(held=tuple(held), margin=margin)
         t = terms[0]
         direction = "add" if t.coef * strength >= 0 else "remove"
         reach = reach_of(self._bank_state()["calibration"], t.name, direction)
-        if reach is None or t.name not in self.readers.names:
-            return 1.0
-        zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
+        pushes = self._pushes(terms, strength) if held else []
+        return EditRule(
+            reach=reach if t.name in self.readers.names else None,
+            push=pushes[0] if pushes else 1.0,
+            held=tuple(held),
+            margin=margin,
+        )
+
+    def _reach_readings(
+        self, terms: list[Term], swapped: dict[int, str], strength: float, step: torch.Tensor,
+        z: torch.Tensor, face: FaceLatent | None = None, weight: torch.Tensor | None = None,
+        redraw: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """How clearly the model reads an edit of one vector's label on the face of latent
+        ``z`` (1, D) part of the way (:func:`conceptvae.hold.reach_readings`), read at the
+        face's strength-1 step, so a sweep scales every strength alike, on the face's crop as
+        the local blend shows it with ``weight`` and ``redraw`` (without ``face`` or
+        ``weight``, on the model's drawing). Kept for the last face and edit asked: a sweep
+        reads it once."""
+        t = terms[0]
+        adding = t.coef * strength >= 0
         seen = None
         if face is not None and weight is not None:  # the photo's crop, as the edit shows it
             seen = partial(crop_edit, _crop_tensor(face.aligned.crop)[None],
                            face.recon[None].float().cpu(), blend="local", weight=weight.cpu(),
                            redraw=1.0 if redraw is None else redraw.cpu())  # fmt: skip
-        key = (zz.numpy().tobytes(), t.name, direction, swapped.get(0), reach, seen is None)
+        key = (z.numpy().tobytes(), t.name, adding, swapped.get(0), seen is None)
         cached = self._reach_cache
         if cached is None or cached[0] != key:
             unit = step.float().cpu() / abs(strength * t.coef)
-            readings = reach_readings(self.vae, zz, unit[None], self.readers, t.name,
-                                      direction == "add", seen=seen)  # fmt: skip
-            cached = (key, float(reach_scales(readings, reach)[0]))
+            readings = reach_readings(self.vae, z, unit[None], self.readers, t.name, adding,
+                                      seen=seen)  # fmt: skip
+            cached = (key, readings)
             self._reach_cache = cached
         return cached[1]
 
@@ -443,22 +457,24 @@ class EditPipeline:
         once for all three."""
         strength = float(strength)
         terms, swapped = self._plan(edit, strength, z)
-        held, margin = self._held(terms, strength) if z is not None else ([], None)
-        pushes = self._pushes(terms, strength) if held else []
-        # a held edit whose calibration chose a longer step takes it (conceptvae.hold)
+        rule = self._rule(terms, strength) if z is not None else EditRule()
+        # an edit of several vectors: each held term's push lengthens its own coefficient
+        pushes = self._pushes(terms, strength) if rule.held and len(terms) > 1 else []
         pushed = [replace(t, coef=t.coef * p) for t, p in zip(terms, pushes)] or terms
         step = self._step(pushed, swapped, strength)
         weight = self._footprint(terms, swapped, strength)
         redraw = self._redraw(terms, swapped, strength)
-        if z is not None and bool(step.abs().max() > 0):
-            step = step * self._reach_scale(terms, swapped, strength, step, z, face, weight, redraw)
-        if held and bool(step.abs().max() > 0):
-            zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
-            names = [t.name for t in terms]
-            step = hold_steps(self.vae, zz, step[None], self.readers, names, held,
-                              margin=margin, unedited=self._unedited(zz))[0]  # fmt: skip
-            step = step.to(self.vae.device)
-        return step, weight, redraw
+        if rule.plain or not bool(step.abs().max() > 0):
+            return step, weight, redraw
+        zz = torch.as_tensor(z).reshape(1, -1).float().cpu()
+        readings = None
+        if rule.reach is not None:
+            readings = self._reach_readings(terms, swapped, strength, step, zz, face, weight,
+                                            redraw)  # fmt: skip
+        step = rule_steps(self.vae, zz, step[None], self.readers, [t.name for t in terms],
+                          terms[0].coef * strength >= 0, rule, readings=readings,
+                          unedited=self._unedited(zz) if rule.held else None)[0]  # fmt: skip
+        return step.to(self.vae.device), weight, redraw
 
     @torch.inference_mode()
     def render(

@@ -318,25 +318,71 @@ def reach_scales(
     return scale
 
 
-def reach_steps(
+@dataclass(frozen=True)
+class EditRule:
+    """How a calibrated vector's edit in one direction moves each face (what
+    :func:`choose_holds` kept): cut to its ``reach`` (a threshold in logits; None: the whole
+    step), or lengthened ``push`` times, and then with the labels ``held`` put back by the rule
+    ``margin`` (:func:`hold_steps`). The default moves every face by the same step."""
+
+    reach: float | None = None
+    push: float = 1.0
+    held: tuple[str, ...] = ()
+    margin: float | None = None
+
+    @classmethod
+    def of(cls, calibration: dict[str, Any], name: str, direction: str) -> EditRule:
+        """The rule a bank's calibration records (its metadata's ``"calibration"``) kept for
+        ``name``'s edit in ``direction``; the default where none was kept."""
+        return cls(
+            reach=reach_of(calibration, name, direction),
+            push=push_of(calibration, name, direction),
+            held=tuple(held_labels_of(calibration, name, direction)),
+            margin=hold_margin_of(calibration, name, direction),
+        )
+
+    @property
+    def plain(self) -> bool:
+        """Every face moves by the step as it is."""
+        return self.reach is None and self.push == 1.0 and not self.held
+
+
+def rule_steps(
     vae: Any,
     z: torch.Tensor,
     steps: torch.Tensor,
     readers: Readers,
-    target: str,
+    targets: Sequence[str],
     adding: bool,
-    threshold: float,
+    rule: EditRule,
     *,
-    batch_size: int = 256,
     seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    readings: torch.Tensor | None = None,
+    unedited: torch.Tensor | None = None,
+    edited: torch.Tensor | None = None,
+    batch_size: int = 256,
 ) -> torch.Tensor:
-    """Each face's step (``steps`` (B, D) or (D,)) cut to the least part of it at which the
-    model reads ``target`` ``threshold`` logits on the edit's side in what the edit shows
-    (:func:`reach_readings`' ``seen``, :func:`reach_scales`): (B, D). A face that never reads
-    so keeps its whole step."""
-    readings = reach_readings(vae, z, steps, readers, target, adding, batch_size=batch_size,
-                              seen=seen)  # fmt: skip
-    return reach_scales(readings, threshold)[:, None] * steps.float().cpu().expand_as(z)
+    """Per face of ``z`` (B, D), its step (``steps`` (B, D) or (D,)) as ``rule`` moves it: the
+    one definition of a calibrated edit, for measuring edits and for making them. First cut
+    to the face's reach (:func:`reach_scales` of ``readings``, else of :func:`reach_readings`
+    read here on ``steps`` and ``seen``; a sweep passes those read at strength 1), then
+    lengthened ``rule.push`` times, then held (:func:`hold_steps` with ``unedited`` and
+    ``edited``, which is dropped once the step changed). Returns (B, D); ``steps`` itself for
+    a plain rule."""
+    if rule.plain:
+        return steps
+    if rule.reach is not None:
+        if readings is None:
+            readings = reach_readings(vae, z, steps, readers, targets[0], adding,
+                                      batch_size=batch_size, seen=seen)  # fmt: skip
+        steps = reach_scales(readings, rule.reach)[:, None] * steps.float().cpu().expand_as(z)
+        edited = None  # the hold draws each face at its own part of the step
+    if rule.push != 1.0:
+        steps, edited = rule.push * steps, None
+    if rule.held:
+        steps = hold_steps(vae, z, steps, readers, targets, rule.held, margin=rule.margin,
+                           batch_size=batch_size, unedited=unedited, edited=edited)  # fmt: skip
+    return steps
 
 
 def choose_holds(
@@ -507,22 +553,15 @@ class _Trial:
         """The probe's measure (:meth:`EditProbe.at`) of the edit with each face's step cut
         to its ``reach`` (:func:`reach_scales`; None: the whole step) or lengthened ``push``
         times, and then, if ``holds``, held by the rule ``margin`` (:func:`hold_steps`)."""
-        steps, edited = self.step, self.edited
-        if push != 1.0:
-            steps, edited = push * steps, None
-        if reach is not None:
-            if self._readings is None:
-                self._readings = reach_readings(
-                    self.vae, self.probe.z, self.step, self.readers, self.name, self.adding,
-                    batch_size=self.probe.batch_size, seen=self.seen,
-                )  # fmt: skip
-            scale = reach_scales(self._readings, reach)
-            steps = scale[:, None] * self.step
-            edited = None  # the hold draws each face at its own part of the step
-        if holds:
-            steps = hold_steps(self.vae, self.probe.z, steps, self.readers, [self.name],
-                               self.held, margin=margin, batch_size=self.probe.batch_size,
-                               unedited=self.unedited, edited=edited)  # fmt: skip
+        rule = EditRule(reach, push, tuple(self.held) if holds else (), margin)
+        if reach is not None and self._readings is None:  # read once for every threshold
+            self._readings = reach_readings(
+                self.vae, self.probe.z, self.step, self.readers, self.name, self.adding,
+                batch_size=self.probe.batch_size, seen=self.seen,
+            )  # fmt: skip
+        steps = rule_steps(self.vae, self.probe.z, self.step, self.readers, [self.name],
+                           self.adding, rule, readings=self._readings, unedited=self.unedited,
+                           edited=self.edited, batch_size=self.probe.batch_size)  # fmt: skip
         return self.probe.at(steps, self.weight, self.redraw)
 
 

@@ -396,7 +396,7 @@ def test_a_photos_reach_is_read_on_its_crop_as_the_edit_shows_it(held_run, tmp_p
 
     from conceptvae.calibration import crop_edit
     from conceptvae.edit import EditPipeline
-    from conceptvae.hold import reach_steps, redrawn
+    from conceptvae.hold import EditRule, redrawn, rule_steps
 
     run = _reach_run(held_run, tmp_path)
     plain = EditPipeline.from_pretrained(run, hold="none")
@@ -418,7 +418,8 @@ def test_a_photos_reach_is_read_on_its_crop_as_the_edit_shows_it(held_run, tmp_p
     pipe = EditPipeline.from_pretrained(run)
     torch.testing.assert_close(pipe.face_edit("Smiling", 1.0, z)[0], 0.5 * step)
     with_photo = pipe.face_edit("Smiling", 1.0, z, face)[0]
-    want = reach_steps(pipe.vae, z[None], step, pipe.readers, "Smiling", True, 2.0, seen=seen)
+    want = rule_steps(pipe.vae, z[None], step, pipe.readers, ["Smiling"], True,
+                      EditRule(reach=2.0), seen=seen)  # fmt: skip
     torch.testing.assert_close(with_photo, want[0])
     assert not torch.allclose(with_photo, 0.5 * step)
 
@@ -521,7 +522,7 @@ def test_a_reach_is_the_least_part_of_the_step_at_which_the_target_reads_clearly
     """T reads 10 z0 - 5; the step adds 0.8 to z0; a reach of 1.5 logits. A face at 0.5 reads
     4 after half of it (stop there), one at 0.2 reads 1 then 2 after 0.625 of it, one at 0.1
     reads 2 after 0.75, one at 0 after 0.875. Removing, the signs turn."""
-    from conceptvae.hold import REACH_GRID, reach_readings, reach_scales, reach_steps
+    from conceptvae.hold import REACH_GRID, EditRule, reach_readings, reach_scales, rule_steps
 
     readers = Readers(["T", "H"], 10 * np.eye(2, 3, dtype=np.float32),
                       np.array([-5.0, 0], np.float32))  # fmt: skip
@@ -536,12 +537,16 @@ def test_a_reach_is_the_least_part_of_the_step_at_which_the_target_reads_clearly
     want = torch.tensor([0.5, 0.625, 0.875, 0.75])
     torch.testing.assert_close(reach_scales(readings, 1.5), want)
     torch.testing.assert_close(reach_scales(readings, 100.0), torch.ones(4))  # never: all of it
-    out = reach_steps(IdentityVAE(), z, step, readers, "T", True, 1.5)
+    out = rule_steps(IdentityVAE(), z, step, readers, ["T"], True, EditRule(reach=1.5))
     torch.testing.assert_close(out, want[:, None] * step)
     # removing T from a face at 0.9 by -0.8: it reads 0, 1, 2 after 0.5, 0.625, 0.75 of it
     far = torch.tensor([[0.9, 0.3, 0.3]])
-    gone = reach_steps(IdentityVAE(), far, -step, readers, "T", False, 1.5)
+    gone = rule_steps(IdentityVAE(), far, -step, readers, ["T"], False, EditRule(reach=1.5))
     torch.testing.assert_close(gone[0], -0.75 * step)
+    # a push lengthens the step each face's reach cut (read on the step as calibrated)
+    pushed = rule_steps(IdentityVAE(), z, step, readers, ["T"], True, EditRule(reach=1.5, push=1.3))
+    torch.testing.assert_close(pushed, 1.3 * want[:, None] * step)
+    assert rule_steps(IdentityVAE(), z, step, readers, ["T"], True, EditRule()) is step
 
 
 def test_reach_of_reads_only_kept_records():
@@ -568,6 +573,11 @@ def test_push_of_reads_only_kept_holds_that_hold_labels():
     }  # fmt: skip
     assert push_of(cal, "A", "add") == 1.3
     assert push_of(cal, "A", "remove") == 1.0 and push_of(cal, "B", "add") == 1.0
+    from conceptvae.hold import EditRule  # what an edit takes, read from the records once
+
+    assert EditRule.of(cal, "A", "add") == EditRule(push=1.3, held=("B",))
+    assert EditRule.of(cal, "B", "add") == EditRule(reach=8.0)
+    assert EditRule.of(cal, "A", "remove").plain and EditRule.of(cal, "Old", "add").held == ("B",)
     assert push_of(cal, "Old", "add") == 1.0 and push_of(cal, "Nothing", "add") == 1.0
 
 
