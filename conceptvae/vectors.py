@@ -841,20 +841,26 @@ def merge_banks(old: VectorBank | None, new: VectorBank) -> VectorBank:
             footprints=new.footprints,
             **_swaps_of(new),
         )
-    vectors = {n: old[n] for n in old.names if n not in new}
-    vectors.update({n: new[n] for n in new.names})
+    # a vector replaced keeps its place in the bank; new names come after the old ones
+    vectors = {n: new[n] if n in new else old[n] for n in old.names}
+    vectors.update({n: new[n] for n in new.names if n not in vectors})
     old_meta = old.metadata
     old_info = old_meta.get("vectors", {})
     for n in old.names:  # a bank saved straight from fit_vectors has no per-vector entry
-        if n not in old_info:
-            old_info[n] = {
-                "method": old_meta.get("methods", {}).get(n, old_meta.get("method")),
-                "label_source": old_meta.get("label_source"),
-                "counts": old_meta.get("counts", {}).get(n),
-                "norm": old_meta.get("norms", {}).get(n),
-                **{k: old_meta[k][n] for k in _PER_VECTOR
-                   if isinstance(old_meta.get(k), dict) and n in old_meta[k]},
-            }  # fmt: skip
+        entry = old_info.get(n) or {
+            "method": old_meta.get("methods", {}).get(n, old_meta.get("method")),
+            "label_source": old_meta.get("label_source"),
+            "counts": old_meta.get("counts", {}).get(n),
+            "norm": old_meta.get("norms", {}).get(n),
+        }
+        # what edits read is the bank's own metadata, which --swaps-only and --holds-only
+        # update in place: the per-vector copy follows it, not what the last merge saw
+        for k in _PER_VECTOR:
+            if isinstance(old_meta.get(k), dict) and n in old_meta[k]:
+                entry[k] = old_meta[k][n]
+            else:
+                entry.pop(k, None)
+        old_info[n] = entry
     merged = {**old_info, **info}
     merged = {n: merged[n] for n in vectors if n in merged}
     out_meta = {**meta, "vectors": merged}
@@ -881,13 +887,23 @@ def _swaps_of(new: VectorBank, old: VectorBank | None = None) -> dict[str, Any]:
         for g in old.groups:
             if frozenset(g.members) not in have:
                 groups.append(g)
+        # a group whose classifier is new was refitted: its old swaps would read another one
+        refitted = [g for g in new.groups if not any(_same_classifier(g, o) for o in old.groups)]
         for n, rs in old.swaps.items():
             if n in new:
                 continue
-            if any(n in g.members and frozenset(g.members) in have for g in new.groups):
-                continue  # its group was refitted: the old swap would read a new classifier
+            if any(n in g.members for g in refitted):
+                continue
             swaps[n], fps[n] = rs, old.swap_footprints.get(n, {})
     return {"groups": groups, "swaps": swaps, "swap_footprints": fps}
+
+
+def _same_classifier(a: GroupClassifier, b: GroupClassifier) -> bool:
+    return (
+        a.members == b.members
+        and np.array_equal(a.weight, b.weight)
+        and np.array_equal(a.bias, b.bias)
+    )
 
 
 def load_bank(run: str | os.PathLike) -> VectorBank | None:

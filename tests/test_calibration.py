@@ -774,6 +774,18 @@ def _cache_images(vae, z):
     return x
 
 
+def cells_and_ramp(valid_z1):
+    """Train latents: z0, z1 = +-1 in four equal cells of 20; valid: 20 faces at z0 = -0.04,
+    ..., -0.80 and 20 at 0.04, ..., 0.80, with z1 ``valid_z1``."""
+    cells = [(a, b) for a in (0, 1) for b in (0, 1) for _ in range(20)]
+    z_train = np.array([[2 * a - 1, 2 * b - 1, 0, 0] for a, b in cells], np.float64)
+    mags = 0.04 * np.arange(20) + 0.04
+    z_valid = np.zeros((40, D))
+    z_valid[:, 0] = np.concatenate([-mags, mags])
+    z_valid[:, 1] = valid_z1
+    return z_train, z_valid
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """Train: z0, z1 = +-1 in four equal cells (A = z0 > 0, C = z1 > 0: uncorrelated). Valid:
@@ -781,12 +793,7 @@ def evaluated(tmp_path_factory):
     z0). Test: |z0| = 0.1, ..., 0.8, all within reach; 2 of the 8 faces without A carry the
     marker (z1 > 0), none of those with A."""
     vae = LinearVAE()
-    cells = [(a, b) for a in (0, 1) for b in (0, 1) for _ in range(20)]
-    z_train = np.array([[2 * a - 1, 2 * b - 1, 0, 0] for a, b in cells], np.float64)
-    mags = 0.04 * np.arange(20) + 0.04
-    z_valid = np.zeros((40, D))
-    z_valid[:, 0] = np.concatenate([-mags, mags])
-    z_valid[:, 1] = np.where(np.arange(40) % 2 == 0, 0.5, -0.5)
+    z_train, z_valid = cells_and_ramp(np.where(np.arange(40) % 2 == 0, 0.5, -0.5))
     tm = 0.1 * np.arange(1, 9)
     z_test = np.zeros((16, D))
     z_test[:, 0] = np.concatenate([-tm, tm])
@@ -846,6 +853,22 @@ def test_merge_into_a_bank_without_provenance_keeps_the_old_calibration_records(
     merged = merge_banks(old, _bank(["B"], scale=3.0))
     assert merged.removal_scale("A") == 2.0 and "A" in merged.footprints
     assert merged.metadata["calibration"]["A"]["unit"] == 2.0
+
+
+def test_a_merge_keeps_the_records_holds_only_updated_not_the_last_merges_copy():
+    """--holds-only and --swaps-only update a saved bank's calibration records in place; the
+    per-vector copy made by the merge before is older. A later fit of another vector must
+    keep the records edits read (the shipped bank had 27 of 36 such copies out of date)."""
+    saved = merge_banks(None, _bank(["A", "B"], scale=2.0))  # as `vectors` saves it
+    meta = json.loads(json.dumps(saved.metadata))  # as it is read back from vectors.json
+    meta["calibration"]["A"]["add"] = {"hold": {"labels": ["B"], "kept": True}}  # --holds-only
+    held = VectorBank({n: saved[n] for n in saved.names}, metadata=meta,
+                      footprints=saved.footprints)  # fmt: skip
+    assert held.metadata["vectors"]["A"]["calibration"] != meta["calibration"]["A"]  # stale
+    merged = merge_banks(held, _bank(["B"], scale=3.0))
+    assert merged.metadata["calibration"]["A"]["add"]["hold"]["labels"] == ["B"]
+    assert merged.metadata["vectors"]["A"]["calibration"] == merged.metadata["calibration"]["A"]
+    assert merged.metadata["calibration"]["B"]["unit"] == 3.0
 
 
 class RoundTripVAE(LinearVAE):
