@@ -656,6 +656,14 @@ _EXCLUSIVE_HELP = (
     "vector's hold and reach on the valid split (minutes, not a full fit).",
 )
 @click.option(
+    "--recalibrate-only",
+    is_flag=True,
+    help="Keep RUN's vectors (their directions) and measure their strengths, footprints and "
+    "holds again on DATA's valid split with DATA's judge: for photos in another style "
+    "(minutes, not a full fit). --attributes picks which [default: every vector DATA's judge "
+    "sees].",
+)
+@click.option(
     "--push",
     is_flag=True,
     help="Also try each hold on a step 1.15 and 1.3 times as long, kept where it cuts leakage "
@@ -685,6 +693,7 @@ def vectors(
     judge_dir: str | None,
     swaps_only: bool,
     holds_only: bool,
+    recalibrate_only: bool,
     push: bool,
     show: bool,
     batch_size: int,
@@ -747,6 +756,13 @@ def vectors(
         raise click.UsageError(
             "--holds-only chooses holds for RUN's bank with DATA's judge: not with "
             "--positive/--negative, --no-calibrate, --replace or --swaps-only"
+        )
+    if recalibrate_only and (pair or not calibrate or replace or swaps_only or holds_only
+                             or condition or method != "best"):  # fmt: skip
+        raise click.UsageError(
+            "--recalibrate-only keeps RUN's vectors and calibrates them with DATA's judge: not "
+            "with --positive/--negative, --no-calibrate, --replace, --swaps-only, --holds-only, "
+            "--condition or --method"
         )
     if pair:
         if data or labels:
@@ -820,12 +836,19 @@ def vectors(
             bank.save(run_dir)
             click.echo(V.describe_holds(bank))
             return
-        new, report = V.fit_vectors(
-            vae, c, run_dir, method=method, attributes=_names(attributes),
-            condition=_names(condition), batch_size=batch_size,
-            judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
-            confirm_faces=confirm_faces, groups=groups,
-        )  # fmt: skip
+        if recalibrate_only:  # the directions kept, strength 1 measured on DATA
+            new, report = V.recalibrate_vectors(
+                vae, saved_bank("recalibrate"), c, run_dir, judge=judge_factory(),
+                attributes=_names(attributes), n_faces=max(calibration_faces, confirm_faces),
+                batch_size=batch_size,
+            )  # fmt: skip
+        else:
+            new, report = V.fit_vectors(
+                vae, c, run_dir, method=method, attributes=_names(attributes),
+                condition=_names(condition), batch_size=batch_size,
+                judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
+                confirm_faces=confirm_faces, groups=groups,
+            )  # fmt: skip
         # the labels' readers (from the latents just encoded), and each vector's hold
         readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
         records = new.metadata.get("calibration", {}).values()
@@ -846,7 +869,8 @@ def vectors(
     for name in report.flagged:
         click.echo(f"warning: {name}: {'; '.join(report.problems[name])}", err=True)
     click.echo(
-        f"saved {len(new)} vectors ({len(bank)} in the bank) to {run_dir}; report in "
+        f"{'recalibrated' if recalibrate_only else 'saved'} {len(new)} vectors ({len(bank)} in "
+        f"the bank) to {run_dir}; report in "
         f"{paths[0].name}, {paths[1].name}, {paths[2].name}"
     )
 

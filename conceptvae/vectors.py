@@ -402,19 +402,109 @@ def fit_vectors(
     if readers is not None and judge is not None and blend == "local":
         bank = _with_holds(vae, bank, judge, cache, names, held_idx, held_z, held_y, y, readers,
                            n_faces=max(n_faces, confirm_faces), progress=progress)  # fmt: skip
+    bank, report = _reported(bank, held_z, held_y, names, y)
+    if held is None:
+        report.notes["_split"] = "no valid or test images: AUC measured on the fitting images"
+    return bank, report
+
+
+def _reported(
+    bank: VectorBank, held_z: np.ndarray, held_y: np.ndarray, names: list[str], y: np.ndarray
+) -> tuple[VectorBank, Report]:
+    """``bank`` judged on the held-out latents (:func:`quality_report`), with its calibration
+    problems; flagged vectors have their problems saved in the bank's metadata (an edit with
+    one of them says so)."""
     report = quality_report(bank, None, held_z, held_y, names, train_labels=y)
     for name, record in bank.metadata.get("calibration", {}).items():
         found = calibration_problems(record)
         if found:
             report.problems[name] = [*report.problems.get(name, []), *found]
-    if report.flagged:  # saved with the vectors: an edit with one of them says so
+    if report.flagged:
         meta = bank.metadata
         meta["problems"] = {n: list(report.problems[n]) for n in report.flagged}
         bank = VectorBank({n: bank[n] for n in bank.names}, metadata=meta,
                           footprints=bank.footprints, **_swaps_of(bank))  # fmt: skip
-    if held is None:
-        report.notes["_split"] = "no valid or test images: AUC measured on the fitting images"
     return bank, report
+
+
+def recalibrate_vectors(
+    vae: ConceptVAE,
+    bank: VectorBank,
+    cache: PreparedCache,
+    run: str | os.PathLike | None = None,
+    *,
+    judge: Any,
+    attributes: list[str] | None = None,
+    blend: str = "local",
+    n_faces: int = CONFIRM_FACES,
+    batch_size: int = 256,
+    progress: bool = True,
+    min_accuracy: float = 0.90,
+) -> tuple[VectorBank, Report]:
+    """``bank``'s vectors with their directions kept and strength 1 measured again on
+    ``cache``'s held-out split by ``judge`` (trained on its labels): for photos of another
+    style, where strengths calibrated on the training faces fall short (``conceptvae vectors
+    --recalibrate-only``). Footprints (on ``cache``'s train faces), removal scales and redraws
+    are measured again too, on up to ``n_faces`` held-out faces per direction.
+
+    ``attributes``: the vectors to recalibrate (default: every vector of ``bank`` that
+    ``cache`` labels and ``judge`` sees). Returns only those, as a bank with ``bank``'s
+    provenance and swaps (for :func:`merge_banks`; their holds are chosen again by the
+    caller), and their report on the held-out split. Each record's ``unit`` is strength 1's
+    length in ``bank``'s strengths (2.0: the new strength 1 is twice the old one) and
+    ``recalibrated_on`` names the data."""
+    names = list(cache.attr_names)
+    if not names:
+        raise DataError(f"{cache.path} has no labels: recalibrating strengths needs labelled "
+                        "images")  # fmt: skip
+    seen = [n for n in judge.judged(min_accuracy) if n in names]
+    if attributes is None:
+        todo = [n for n in bank.names if n in seen]
+        if not todo:
+            raise VectorError(
+                f"no vector of the bank is a label of {cache.path} that its judge sees (balanced "
+                f"accuracy >= {min_accuracy:.2f}): nothing to recalibrate"
+            )
+    else:
+        todo = [names[_resolve(a, names, "--attributes")] for a in attributes]
+        for a in todo:
+            if a not in bank:
+                raise VectorError(f"the bank has no vector of {a}: fit it first "
+                                  "(conceptvae vectors RUN DATA --attributes ...)")  # fmt: skip
+            if a not in seen:
+                acc = judge.accuracy.get(a)
+                raise VectorError(
+                    f"the judge of {cache.path} cannot see {a} (balanced accuracy "
+                    f"{'n/a' if acc is None else f'{acc:.2f}'} < {min_accuracy:.2f}): its "
+                    "strength cannot be recalibrated there; leave it out of --attributes"
+                )
+    held_idx, held_z = _heldout_latents(vae, cache, run, "recalibrate strengths", batch_size,
+                                        progress)  # fmt: skip
+    held_y = np.asarray(cache.labels[held_idx])
+    common = {"batch_size": batch_size, "progress": progress, "model_hash": vae.model_hash()}
+    idx, z = split_latents(vae, cache, "train", run, **common)
+    y = np.asarray(cache.labels[idx])
+    cal = calibrate(
+        vae, judge, {n: bank[n] for n in todo}, faces=cache.batch, held_idx=held_idx,
+        held_z=held_z, held_labels=held_y, names=names, train_z=z, train_labels=y, blend=blend,
+        n_faces=n_faces, progress=progress, min_accuracy=min_accuracy,
+    )  # fmt: skip
+    meta = bank.metadata
+    before = meta.get("calibration", {})
+    for n in todo:
+        record = cal["calibration"][n]
+        record["recalibrated_on"] = str(cache.path)
+        if "swaps" in (before.get(n) or {}):  # the swaps are kept, with what they measured
+            record["swaps"] = before[n]["swaps"]
+    meta["calibration"] = json_safe(cal["calibration"])
+    meta["removal_scale"] = cal["removal_scale"]
+    meta["norms"] = {n: float(np.linalg.norm(v)) for n, v in cal["vectors"].items()}
+    meta.pop("problems", None)  # found again below, for these vectors on these faces
+    swaps = {n: r for n, r in bank.swaps.items() if n in todo}
+    fps = {n: r for n, r in bank.swap_footprints.items() if n in todo}
+    new = VectorBank(cal["vectors"], metadata=meta, footprints=cal["footprints"],
+                     groups=bank.groups, swaps=swaps, swap_footprints=fps)  # fmt: skip
+    return _reported(new, held_z, held_y, names, y)
 
 
 def _as_method(bank: VectorBank, method: str) -> VectorBank:
@@ -990,6 +1080,13 @@ def describe_calibration(bank: VectorBank) -> str:
         lines.append(
             f"uncalibrated (latent scale, strength 1 = 1.5 x the class-mean gap): "
             f"{', '.join(latent)}"
+        )
+    again = [n for n in bank.names if cal.get(n, {}).get("recalibrated_on")]
+    if again:  # the unit is then strength 1's length in the strengths they had
+        lines.append(
+            "recalibrated (strength 1 now, in the strengths they had before): "
+            + ", ".join(f"{n} {f(cal[n].get('unit'), '.2f')}x" for n in again)
+            + f" on {cal[again[0]]['recalibrated_on']}"
         )
     extra = [part for part in (describe_swaps(bank), describe_holds(bank)) if part]
     return "\n".join(lines + extra)

@@ -386,6 +386,46 @@ def test_holds_only_needs_a_bank_and_saves_holds_and_readers_keeping_the_vectors
     assert seen["pushes"] == HOLD_PUSHES == (1.15, 1.3)
 
 
+def test_recalibrate_only_needs_a_bank_and_replaces_only_what_it_recalibrated(
+    data, monkeypatch, tmp_path
+):
+    """`--recalibrate-only` refuses a fit's options and a run with no bank, hands RUN's bank,
+    the judge, the names and the faces to recalibrate_vectors, and saves its vectors over
+    RUN's: the others byte for byte as they were."""
+    import conceptvae.evaluate as E
+
+    run_dir = fresh_run(data, tmp_path)
+    one_line_error(run("vectors", run_dir, data / "cache", "--recalibrate-only"),
+                   "has no vectors to recalibrate")  # fmt: skip
+    for extra in (["--replace"], ["--method", "mean"], ["--holds-only"], ["--no-calibrate"],
+                  ["--condition", "Red"]):  # fmt: skip
+        r = run("vectors", run_dir, data / "cache", "--recalibrate-only", *extra)
+        assert r.exit_code == 2 and "--recalibrate-only keeps RUN's vectors" in r.output
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    old = VectorBank.load(run_dir)
+    seen = {}
+
+    def fake_recalibrate(vae, bank, cache, run_dir, **kw):
+        seen.update(kw, names=bank.names)
+        meta = bank.metadata
+        meta["calibration"] = {"Bright": {"unit": 2.0, "recalibrated_on": str(cache.path)}}
+        report = V.Report(["Bright"], np.ones(1), np.ones(1), np.ones((1, 1)), {}, problems={})
+        return VectorBank({"Bright": 2 * bank["Bright"]}, metadata=meta), report
+
+    monkeypatch.setattr(V, "recalibrate_vectors", fake_recalibrate)
+    monkeypatch.setattr(E, "load_or_train_judge", lambda run, cache, **kw: "the judge")
+    r = run("vectors", run_dir, data / "cache", "--recalibrate-only", "--attributes", "Bright",
+            "--confirm-faces", "300", "--calibration-faces", "400")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen["judge"] == "the judge" and seen["attributes"] == ["Bright"]
+    assert seen["n_faces"] == 400 and seen["names"] == ["Bright", "Red"]
+    assert "recalibrated 1 vectors (2 in the bank)" in r.output
+    back = VectorBank.load(run_dir)
+    np.testing.assert_array_equal(back["Bright"], 2 * old["Bright"])
+    np.testing.assert_array_equal(back["Red"], old["Red"])
+    assert "Bright 2.00x" in r.output
+
+
 def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):
     """--judge DIR is loaded as it is (never retrained); a folder with no judge is named."""
     import conceptvae.evaluate as E
