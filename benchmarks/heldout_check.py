@@ -58,18 +58,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from common import open_run
 
-    from conceptvae.calibration import (
-        SUCCESS_GOAL,
-        VERDICTS,
-        measure_edits,
-        occluded,
-        success_interval,
-        summarize,
-        verdict,
-    )
+    from conceptvae.calibration import SUCCESS_GOAL
     from conceptvae.data.cache import open_cache
     from conceptvae.evaluate import train_judge
-    from conceptvae.vectors import bank_calibration, split_latents
+    from conceptvae.evaluation.saved import measure_saved
+    from conceptvae.hold import Readers
+    from conceptvae.pretrained import resolve
 
     t0 = time.perf_counter()
     floors = {}
@@ -91,53 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.judge and not (judge_dir / "judge.json").is_file():
         train_judge(open_cache(args.data), judge_dir, max_minutes=args.judge_minutes)
     vae, bank, cache, judge, judged = open_run(args.run, args.data, judge_dir)
-    names = list(cache.attr_names)
-    y_train = np.asarray(cache.labels[cache.split("train")])
-    vi = cache.split("valid")
-    y_valid = np.asarray(cache.labels[vi])
-    test_idx, z_test = split_latents(vae, cache, args.split, None, progress=False)
-    y_test = np.asarray(cache.labels[test_idx])
-    hidden = occluded(judge, cache.batch, vi, y_valid, names, judged)
-    from conceptvae.hold import Readers
-    from conceptvae.pretrained import resolve
-
     readers = None if args.no_hold else Readers.load(resolve(args.run))
-    cal = bank_calibration(bank, readers)
-    rows = []
-    for a in judged:
-        res = measure_edits(
-            vae, judge, cal, a, faces=cache.batch, idx=test_idx, z=z_test, labels=y_test,
-            names=names, train_labels=y_train, judged=judged, hidden=hidden.get(a, []),
-            blends=("local", "residual"), n_faces=args.n_faces, groups=cache.identity[test_idx],
-        )  # fmt: skip
-        method = bank.metadata.get("methods", {}).get(a, bank.metadata.get("method"))
-        # the goals judged as everywhere else (calibration.summarize), on the bank's one method
-        for r in summarize({a: {"methods": {method: res}}}, [method]):
-            d = r["direction"]
-            rows.append(
-                {
-                    **{k: r[k] for k in ("attribute", "direction", "success", "leakage",
-                                          "leakage_visible", "leakage_free", "ssim_outside",
-                                          "works", "works_free", "why")},
-                    "n": res[d]["n"],
-                    "ssim": res[d]["local"]["ssim"],
-                    "redraw": res[d]["redraw"],
-                    "null_leakage_free": res[d]["null"]["leakage_free"],
-                    "residual_success": res[d]["residual"]["success"],
-                    "method": method,
-                    "hidden": hidden.get(a, []),
-                    "held": res[d].get("held", []),
-                    "reach": res[d].get("reach"),
-                    "push": res[d].get("push"),
-                }
-            )  # fmt: skip
-            # by person: a person's faces tend to succeed or fail together
-            rows[-1]["success_interval"] = res[d]["local"]["success_interval"]
-            rows[-1]["faces_interval"] = success_interval(r["success"], res[d]["n"])
-            rows[-1]["design_effect"] = res[d]["local"]["design_effect"]
-            floor = floors.get((a, d))
-            rows[-1]["verdict"], rows[-1]["reason"] = verdict(rows[-1], floor)
-            rows[-1]["floor"] = floor
+    result = measure_saved(vae, bank, readers, cache, judge, n_faces=args.n_faces,
+                           split=args.split, floors=floors, progress=False)  # fmt: skip
+    rows = result["rows"]
     works = sum(r["works"] for r in rows)
     works_free = sum(r["works_free"] for r in rows)
     print(f"{args.run} on {args.data} ({args.split} split), judge trained on its train split "
@@ -156,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     deff = [r["design_effect"] for r in rows]
     print(f"design effect (faces per independent face): median {np.median(deff):.2f}, "
           f"max {max(deff):.2f}")  # fmt: skip
-    counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
+    counts = result["verdicts"]
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n) + "\n")
     print("| attribute | direction | method | success (95% interval) | n | design effect "
           "| leakage | free leakage "

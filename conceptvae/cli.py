@@ -1145,18 +1145,23 @@ def grid_command(
 @click.option("--holds/--no-holds", default=True, show_default=True,
               help="Give each method's calibrated vectors their holds, as `conceptvae vectors` "
                    "does, and measure the edits held.")  # fmt: skip
+@click.option("--saved", is_flag=True,
+              help="Measure RUN's saved vectors as `conceptvae edit` uses them (strength +1 and "
+                   "-1, their swaps, holds and reaches) instead of fitting each method: "
+                   "report.md and report.json, one row per attribute and direction.")  # fmt: skip
 @device_option
 @force_option("a non-empty report folder")
 def evaluate_command(
     run: str, data: str, output: str, attributes: str | None, methods: str, strengths: str,
     n_faces: int, judge_dir: str | None, judge_minutes: float, cache: str | None,
-    exclusive: tuple[str, ...], holds: bool, device: str, force: bool,
+    exclusive: tuple[str, ...], holds: bool, saved: bool, device: str, force: bool,
 ) -> None:  # fmt: skip
     """Measure how well the concept vectors of RUN edit the test faces of DATA.
 
     A judge (a small attribute classifier) is trained once on DATA's train split; attributes it
     recognises at >= 90% balanced accuracy are scored: edit success over strength, leakage into
-    other attributes, SSIM, for each vector method.
+    other attributes, SSIM, for each vector method. With --saved, RUN's own bank is measured
+    as it is, at +1 and -1: the check after `vectors --recalibrate-only`.
     """
     from pathlib import Path
 
@@ -1167,10 +1172,17 @@ def evaluate_command(
     from conceptvae.pretrained import is_shipped, resolve
     from conceptvae.train import resolve_device
 
+    if saved and (methods != "mean,balanced,classifier,conditional"
+                  or strengths != "0.5,1,1.5,2,3" or exclusive):  # fmt: skip
+        raise click.UsageError(
+            "--saved measures RUN's own vectors at their strength 1: not with --methods, "
+            "--strengths or --exclusive"
+        )
     check_output_dir(output, force)  # refuse a non-empty folder before any work
     dev = resolve_device(device)
     run_dir = resolve(run)
     vae = ConceptVAE.from_pretrained(run_dir, device=dev)
+    bank = _saved_bank(run, run_dir, vae) if saved else None  # before any judge is trained
     cache_dir = Path(cache) if cache else Path(output).parent / (Path(output).name + "-cache")
     c = open_or_prepare(data, cache_dir, vae.config.image_size)
     if judge_dir is not None:
@@ -1180,6 +1192,10 @@ def evaluate_command(
     else:
         judge = E.load_or_train_judge(run_dir, c, max_minutes=judge_minutes, device=str(dev))
     latents = None if is_shipped(run) else run_dir
+    if saved:
+        _evaluate_saved(vae, bank, run, run_dir, c, judge, output, attributes=_names(attributes),
+                        n_faces=n_faces, holds=holds, latents=latents, force=force)  # fmt: skip
+        return
     try:
         values = [float(v) for v in strengths.split(",") if v.strip()]
     except ValueError:
@@ -1193,6 +1209,39 @@ def evaluate_command(
     for line in _evaluate_summary(result):
         click.echo(line)
     click.echo(f"wrote the report to {output} (report.md, report.json and plots)")
+
+
+def _saved_bank(run: str, run_dir: Any, vae: Any) -> Any:
+    """RUN's bank for ``evaluate --saved``; none is a one-line error saying what to run."""
+    from conceptvae import vectors as V
+
+    bank = V.load_bank(run_dir)
+    if bank is None:
+        raise DataError(f"{run_dir} has no vectors to measure: run `conceptvae vectors {run} "
+                        "DATA` first")  # fmt: skip
+    bank.check_model(vae.model_hash())
+    return bank
+
+
+def _evaluate_saved(
+    vae: Any, bank: Any, run: str, run_dir: Any, cache: Any, judge: Any, output: str, *,
+    attributes: list[str] | None, n_faces: int, holds: bool, latents: Any, force: bool,
+) -> None:  # fmt: skip
+    """``evaluate --saved``: RUN's bank measured as it is, written to ``output``."""
+    from conceptvae.evaluation.saved import measure_saved, write_saved_report
+    from conceptvae.hold import Readers
+
+    readers = Readers.load(run_dir) if holds else None
+    result = measure_saved(vae, bank, readers, cache, judge, attributes=attributes,
+                           n_faces=n_faces, latents=latents)  # fmt: skip
+    write_saved_report(result, output, title=f"{run}: its saved vectors on {cache.path}",
+                       force=force)  # fmt: skip
+    rows = result["rows"]
+    works = sum(bool(r["works"]) for r in rows)
+    reached = sum(r["success"] >= 0.95 for r in rows)
+    click.echo(f"saved vectors at +1 and -1: {reached} of {len(rows)} (attribute, direction) "
+               f"pairs reach 95% success, {works} with at most 2% leakage")  # fmt: skip
+    click.echo(f"wrote the report to {output} (report.md, report.json)")
 
 
 def _evaluate_summary(result: dict[str, Any]) -> list[str]:

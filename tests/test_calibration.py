@@ -786,12 +786,11 @@ def cells_and_ramp(valid_z1):
     return z_train, z_valid
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """Train: z0, z1 = +-1 in four equal cells (A = z0 > 0, C = z1 > 0: uncorrelated). Valid:
-    |z0| = 0.04, ..., 0.80 (calibrating A's mean vector (2, 0, 0, 0) to a step of 0.9625 in
-    z0). Test: |z0| = 0.1, ..., 0.8, all within reach; 2 of the 8 faces without A carry the
-    marker (z1 > 0), none of those with A."""
+def marker_world(root):
+    """``(vae, cache, judge)``. Train: z0, z1 = +-1 in four equal cells (A = z0 > 0, C = z1 >
+    0: uncorrelated). Valid: |z0| = 0.04, ..., 0.80 (calibrating A's mean vector (2, 0, 0, 0)
+    to a step of 0.9625 in z0). Test: |z0| = 0.1, ..., 0.8, all within reach; 2 of the 8 faces
+    without A carry the marker (z1 > 0), none of those with A: adding A flips C on those 2."""
     vae = LinearVAE()
     z_train, z_valid = cells_and_ramp(np.where(np.arange(40) % 2 == 0, 0.5, -0.5))
     tm = 0.1 * np.arange(1, 9)
@@ -802,9 +801,15 @@ def evaluated(tmp_path_factory):
     z = np.concatenate([z_train, z_valid, z_test])
     labels = (z[:, :2] > 0).astype(np.uint8)
     partition = np.repeat([0, 1, 2], [80, 40, 16])
-    root = tmp_path_factory.mktemp("calibrated_eval")
     cache = write_cache(root / "cache", _cache_images(vae, z), labels, ["A", "C"], partition)
     judge = Judge(MarkerNet(), ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 1.0}, image_size=S)
+    return vae, cache, judge
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """:func:`marker_world` evaluated with the mean method at strength 1."""
+    vae, cache, judge = marker_world(tmp_path_factory.mktemp("calibrated_eval"))
     return evaluate(
         vae, cache, None, judge, methods=("mean",), strengths=(1.0,), attributes=["A"],
         n_faces=50, n_samples=0, n_recon=4, progress=False,
