@@ -758,11 +758,11 @@ def vectors(
             "--positive/--negative, --no-calibrate, --replace or --swaps-only"
         )
     if recalibrate_only and (pair or not calibrate or replace or swaps_only or holds_only
-                             or condition or method != "best"):  # fmt: skip
+                             or condition or method != "best" or exclusive):  # fmt: skip
         raise click.UsageError(
-            "--recalibrate-only keeps RUN's vectors and calibrates them with DATA's judge: not "
-            "with --positive/--negative, --no-calibrate, --replace, --swaps-only, --holds-only, "
-            "--condition or --method"
+            "--recalibrate-only keeps RUN's vectors and swaps and calibrates the vectors with "
+            "DATA's judge: not with --positive/--negative, --no-calibrate, --replace, "
+            "--swaps-only, --holds-only, --condition, --method or --exclusive"
         )
     if pair:
         if data or labels:
@@ -1122,16 +1122,20 @@ def grid_command(
     click.echo(f"wrote {output}")
 
 
+_EVALUATE_METHODS = "mean,balanced,classifier,conditional"
+_EVALUATE_STRENGTHS = "0.5,1,1.5,2,3"
+
+
 @cli.command(name="evaluate")
 @click.argument("run", type=click.Path())
 @click.argument("data", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Report folder (report.md, report.json, plots).")  # fmt: skip
 @click.option("--attributes", help="Comma-separated attributes (default: all the judge passes).")
-@click.option("--methods", default="mean,balanced,classifier,conditional", show_default=True,
+@click.option("--methods", default=_EVALUATE_METHODS, show_default=True,
               help="Any of mean, balanced, classifier, adjusted, conditional, orthogonal, "
                    "steered.")  # fmt: skip
-@click.option("--strengths", default="0.5,1,1.5,2,3", show_default=True)
+@click.option("--strengths", default=_EVALUATE_STRENGTHS, show_default=True)
 @click.option("-n", "--n-faces", type=click.IntRange(min=1), default=300, show_default=True,
               help="Test faces edited per attribute and direction.")  # fmt: skip
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False),
@@ -1172,8 +1176,7 @@ def evaluate_command(
     from conceptvae.pretrained import is_shipped, resolve
     from conceptvae.train import resolve_device
 
-    if saved and (methods != "mean,balanced,classifier,conditional"
-                  or strengths != "0.5,1,1.5,2,3" or exclusive):  # fmt: skip
+    if saved and (methods != _EVALUATE_METHODS or strengths != _EVALUATE_STRENGTHS or exclusive):
         raise click.UsageError(
             "--saved measures RUN's own vectors at their strength 1: not with --methods, "
             "--strengths or --exclusive"

@@ -56,6 +56,10 @@ def test_a_saved_bank_is_measured_as_edits_make_it(tmp_path):
     back = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["leakage"] for r in back["rows"]] == [0.25, 0.0]
     assert (tmp_path / "report" / "report.md").read_text() == text
+    from attributes.errors import VectorError
+
+    with pytest.raises(VectorError, match="unknown attribute 'Aa' in --attributes"):
+        measure_saved(vae, a_bank(), None, cache, judge, attributes=["Aa"], progress=False)
 
 
 def test_evaluate_saved_refuses_what_it_does_not_measure_and_a_run_without_vectors(tmp_path):

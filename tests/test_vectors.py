@@ -398,7 +398,7 @@ def test_recalibrate_only_needs_a_bank_and_replaces_only_what_it_recalibrated(
     one_line_error(run("vectors", run_dir, data / "cache", "--recalibrate-only"),
                    "has no vectors to recalibrate")  # fmt: skip
     for extra in (["--replace"], ["--method", "mean"], ["--holds-only"], ["--no-calibrate"],
-                  ["--condition", "Red"]):  # fmt: skip
+                  ["--condition", "Red"], ["--exclusive", "none"]):  # fmt: skip
         r = run("vectors", run_dir, data / "cache", "--recalibrate-only", *extra)
         assert r.exit_code == 2 and "--recalibrate-only keeps RUN's vectors" in r.output
     assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from attributes.estimators import _resolve
 from conceptvae._fs import atomic_write_json, atomic_write_text, json_safe, staged_dir
 from conceptvae.calibration import (
     LEAKAGE_GOAL,
@@ -65,6 +66,8 @@ def measure_saved(
     from conceptvae.vectors import bank_calibration, split_latents
 
     names = list(cache.attr_names)
+    if attributes is not None:  # a typo is named, not dropped
+        attributes = [names[_resolve(a, names, "--attributes")] for a in attributes]
     test_idx = cache.split(split)
     if test_idx.size == 0:
         raise DataError(f"{cache.path} has no {split} split to measure the edits on")
