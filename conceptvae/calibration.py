@@ -465,6 +465,27 @@ def _summary(curve: dict[str, list[float]], baseline: float, unit: float, target
     return out
 
 
+def lengthened(
+    strengths: Sequence[float], leakage: Sequence[float], floor: float, step: float, budget: float
+) -> float:
+    """How far past ``floor`` (the old step) a new ``step`` may go: the longest measured
+    strength up to ``step`` before the first whose leakage exceeds the floor's (read on the
+    curve) by more than ``budget``; ``step`` when none does. Without labels the judge sees
+    only the attributes it still tells apart, so a step that repaints the face shows first as
+    leakage into those."""
+    base = read_at(strengths, leakage, floor, 0.0)
+    allowed = floor
+    for s, leak in zip(strengths, leakage):
+        if s <= floor:
+            continue
+        if s >= step:
+            return step if read_at(strengths, leakage, step, 0.0) <= base + budget else allowed
+        if leak > base + budget:
+            return allowed
+        allowed = s
+    return step if allowed >= step else allowed
+
+
 def _scaled(raw: Any, unit: float) -> np.ndarray:
     """The vector at strength 1, as the bank stores it: ``raw * unit`` in float32."""
     return (np.asarray(raw, dtype=np.float64) * unit).astype(np.float32)
@@ -488,6 +509,8 @@ def calibrate(
     min_accuracy: float = 0.90,
     seed: int = 0,
     avoid: dict[str, dict[str, np.ndarray]] | None = None,
+    least: dict[str, dict[str, float]] | None = None,
+    leak_budget: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Put every vector on the calibrated scale.
@@ -500,7 +523,10 @@ def calibrate(
 
     ``avoid``: name -> direction -> held-out rows to draw only where too few others qualify
     (another calibration's ``probe_rows``, so that a vector chosen on those faces is measured
-    on others).
+    on others). ``least``: name -> direction -> the shortest step strength 1 may take, in
+    the raw vector's lengths (a recalibration without labels keeps the old strength where the
+    new one would be shorter); with ``leak_budget``, a step longer than that floor is only
+    as long as its leakage stays within ``leak_budget`` of the floor's (:func:`lengthened`).
 
     Returns ``{"vectors": name -> scaled (D,) float32, "removal_scale": name -> float,
     "footprints": name -> (S, S), "calibration": name -> record, "probe_rows": name ->
@@ -556,6 +582,8 @@ def calibrate(
                 others = independent_columns(judge, names, train_labels, name, judged)
                 col = judge.names.index(name)
                 curves, baselines, probes, signs, units = {}, {}, {}, {}, {}
+                floored: set[str] = set()  # directions held at ``least``
+                capped: set[str] = set()  # directions lengthened less for ``leak_budget``
                 weight: Any = None  # the other blends use the face mask
                 if blend == "local":
                     # each step is measured with the footprint its edit would have if it were
@@ -579,7 +607,15 @@ def calibrate(
                         s = best_strength(c["strength"], c["success"], probe.baseline)
                     s = traded_strength(c["strength"], c["success"], c["leakage"],
                                         probe.baseline, s, target - NEAR_BEST)  # fmt: skip
-                    units[direction] = max(s, 1e-3)
+                    floor = (least or {}).get(name, {}).get(direction, 0.0)
+                    if floor > max(s, 1e-3):
+                        floored.add(direction)
+                    elif floor > 0 and leak_budget is not None:
+                        kept = lengthened(c["strength"], c["leakage"], floor, s, leak_budget)
+                        if kept < s:
+                            capped.add(direction)
+                            s = kept
+                    units[direction] = max(s, 1e-3, floor)
                     if direction == "add" and blend == "local":
                         fp1 = footprint_of(_scaled(raw, units["add"]))
                         weight = footprint_weight(fp1)
@@ -588,6 +624,10 @@ def calibrate(
                 record.update(scale="judge", unit=unit, judge_accuracy=judge.accuracy.get(name))
                 for d, c in curves.items():
                     record[d] = _summary(c, baselines[d], units[d], target)
+                    if d in floored:
+                        record[d]["at_least"] = True
+                    if d in capped:
+                        record[d]["leak_capped"] = True
                     record[d]["n_faces"] = int(
                         min(n_faces, int((held_labels[:, t] == (d == "remove")).sum()))
                     )

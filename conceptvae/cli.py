@@ -794,14 +794,19 @@ def vectors(
         if not is_cache(source):
             from conceptvae.data import open_dataset
 
-            source = open_dataset(source, labels=labels)  # read once: for the crop and prepare
+            # read once: for the crop and prepare; photos with no labels only to recalibrate
+            source = open_dataset(source, labels=labels, unlabelled=recalibrate_only)
             crop = frame_crop(source, vae.config.crop)
         given = labels if isinstance(source, str) else None  # applied by open_dataset above
         c = open_or_prepare(source, cache_dir, size, labels=given, crop=crop, workers=workers)
 
+        chosen: dict[str, Any] = {}  # the judge, once set (unlabelled photos: the bank's own)
+
         def judge_factory():
             from conceptvae.evaluate import Judge, load_or_train_judge
 
+            if "judge" in chosen:
+                return chosen["judge"]
             if judge_dir is not None:  # the judge given, as it is
                 return Judge.load(judge_dir, device=vae.device)
             click.echo("the attribute judge calibrates strengths (trained once, kept in "
@@ -837,10 +842,14 @@ def vectors(
             click.echo(V.describe_holds(bank))
             return
         if recalibrate_only:  # the directions kept, strength 1 measured on DATA
+            bank = saved_bank("recalibrate")
+            unlabelled = not c.attr_names
+            if unlabelled:  # the bank's judge labels the photos, its thresholds set on them
+                c, chosen["judge"] = _photos_judged(c, bank, run_dir, judge_dir, vae.device)
             new, report = V.recalibrate_vectors(
-                vae, saved_bank("recalibrate"), c, run_dir, judge=judge_factory(),
-                attributes=_names(attributes), n_faces=max(calibration_faces, confirm_faces),
-                batch_size=batch_size,
+                vae, bank, c, run_dir, judge=judge_factory(), attributes=_names(attributes),
+                n_faces=max(calibration_faces, confirm_faces), batch_size=batch_size,
+                keep_longer=unlabelled,
             )  # fmt: skip
         else:
             new, report = V.fit_vectors(
@@ -873,6 +882,35 @@ def vectors(
         f"the bank) to {run_dir}; report in "
         f"{paths[0].name}, {paths[1].name}, {paths[2].name}"
     )
+
+
+def _photos_judged(cache, bank, run_dir, judge_dir, device):
+    """Unlabelled photos for `vectors --recalibrate-only`: labelled by the judge that
+    calibrated the bank (--judge, else RUN/judge), its thresholds set on them; says which
+    attributes it still tells apart. Returns the relabelled cache and that judge."""
+    from pathlib import Path
+
+    from conceptvae import vectors as V
+    from conceptvae.evaluate import JUDGE_DIR, JUDGE_JSON, Judge
+
+    folder = Path(judge_dir) if judge_dir is not None else run_dir / JUDGE_DIR
+    if not (folder / JUDGE_JSON).is_file():
+        raise DataError(
+            f"{cache.path} has no labels and {folder} holds no judge to label its photos: give "
+            "--labels, or --judge with the judge that calibrated RUN's vectors"
+        )
+    judge = Judge.load(folder, device=device)
+    relabelled, adapted, why = V.judge_labelled(cache, judge, bank)
+    seen = relabelled.attr_names
+    click.echo(
+        f"{cache.path} has no labels: the judge in {folder} labelled its {len(cache)} photos, "
+        f"its thresholds set on them; it tells {len(seen)} attributes apart there "
+        f"({', '.join(seen)}); their strengths only lengthen",
+        err=True,
+    )
+    for name, reason in why.items():
+        click.echo(f"  not recalibrated: {name}: {reason}", err=True)
+    return relabelled, adapted
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1109,3 +1109,18 @@ def test_a_pushed_hold_is_chosen_where_holding_takes_back_part_of_the_target():
     assert pushed["add"]["local"]["success"] >= 0.97 and pushed["add"]["local"]["leakage"] == 0.0
     # the record not kept, the edit is the plain one, which loses Red on half the faces
     assert "push" not in held["add"] and held["add"]["local"]["leakage"] > 0.45
+
+
+def test_lengthened_stops_where_leakage_grows_past_the_budget():
+    """A step may lengthen past the old one only while its leakage stays within the budget
+    of the old step's: on a curve leaking 5% at the old step 1.0 and 30% by 3.0, a budget of
+    3 points allows 1.5 of the 3.0 wanted; a flat curve allows all of it."""
+    from conceptvae.calibration import lengthened
+
+    g = [0.5, 1.0, 1.5, 2.0, 3.0]
+    rising = [0.04, 0.05, 0.07, 0.12, 0.30]
+    assert lengthened(g, rising, 1.0, 3.0, 0.03) == 1.5
+    assert lengthened(g, rising, 1.0, 3.0, 0.5) == 3.0
+    assert lengthened(g, rising, 1.0, 1.25, 0.03) == 1.25  # 6% at 1.25: within
+    assert lengthened(g, rising, 1.0, 2.0, 0.01) == 1.0  # the first step past it leaks 2 more
+    assert lengthened(g, [0.05] * 5, 1.0, 3.0, 0.0) == 3.0

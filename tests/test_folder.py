@@ -173,3 +173,21 @@ def test_pair_errors(tmp_path):
     os.symlink(tmp_path / "pos" / "a.jpg", tmp_path / "neg" / "a_link.jpg")
     with pytest.raises(DataError, match=r"the same file is in both folders .*a_link\.jpg"):
         read_pair(tmp_path / "pos", tmp_path / "neg", name="Smiling")
+
+
+def test_photos_with_no_labels_only_where_asked(tmp_path):
+    """A folder of photos with no labels.csv is read (recursively, hidden files skipped) only
+    when the caller labels photos itself; otherwise it is not a dataset; a folder with no
+    images says so."""
+    for i, name in enumerate(["b.png", "a.JPG", "sub/c.jpeg", ".hidden.jpg", "notes.txt"]):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(tiny_jpeg(i, (8, 8)))
+    with pytest.raises(DataError, match="is not a dataset"):
+        open_dataset(tmp_path)
+    ds = open_dataset(tmp_path, unlabelled=True)
+    assert ds.layout == "folder-photos" and ds.image_dir == tmp_path
+    assert ds.filenames == ["a.JPG", "b.png", "sub/c.jpeg"]
+    assert ds.attr_names == [] and ds.labels.shape == (3, 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty has no images .*put photos in it"):
+        open_dataset(tmp_path / "empty", unlabelled=True)

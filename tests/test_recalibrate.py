@@ -98,3 +98,89 @@ def test_a_merge_keeps_the_swaps_of_a_group_whose_classifier_is_unchanged():
     refit = GroupClassifier(("A", "B"), np.ones((3, D)), np.array([1.0, 0, 0]))
     other = VectorBank({"A": 2 * np.ones(D)}, metadata=meta, groups=[refit])
     assert "B" not in V.merge_banks(old, other).swaps
+
+
+def test_thresholds_set_on_unlabelled_photos_find_the_classes_again():
+    """A judge whose logits moved with the style (every photo now above its old threshold)
+    gets a threshold between the two classes again, and an estimate of its accuracy there;
+    an attribute whose logits have one mode, or whose judged share is far from the share
+    where the judge was trained, is left unseen and says why; too few photos are refused."""
+    from conceptvae.errors import DataError
+    from conceptvae.evaluation.judge import thresholds_set_on
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    truth = rng.random(n) < 0.3
+    logits = np.stack(
+        [
+            np.where(truth, 9.0, 3.0) + rng.normal(0, 1, n),  # A: both classes moved up 6
+            rng.normal(0, 1, n),  # B: one mode, nothing to split
+            np.where(truth, 6.0, -6.0) + rng.normal(0, 1, n),  # C: 30% where 5% were
+        ],
+        1,
+    )
+    judge = Judge(MarkerNet(), ["A", "B", "C"], [0.5] * 3, {"A": 1.0, "B": 0.95, "C": 0.95},
+                  image_size=S)  # fmt: skip
+    old = 1 / (1 + np.exp(-logits[:, 0])) >= 0.5
+    assert old.mean() > 0.99  # the old threshold calls almost every photo A
+    new, why = thresholds_set_on(judge, logits, shares={"A": 0.3, "C": 0.05}, where="photos/")
+    assert new.judged() == ["A"]
+    verdict = 1 / (1 + np.exp(-logits[:, 0])) >= new.thresholds[0]
+    assert (verdict == truth).mean() >= 0.99
+    assert 4.5 < np.log(new.thresholds[0] / (1 - new.thresholds[0])) < 7.5
+    assert new.accuracy["A"] >= 0.98
+    assert set(why) == {"B", "C"}
+    assert why["B"].startswith("its two classes overlap here")
+    assert "28% of the photos positive against 5%" in why["C"]
+    assert new.info["thresholds_set_on"] == "photos/" and new.net is judge.net
+    with pytest.raises(DataError, match="photos/: 99 photos are too few"):
+        thresholds_set_on(judge, logits[:99], where="photos/")
+
+
+class ShiftedNet(torch.nn.Module):
+    """MarkerNet in another style: A's logit raised by 30, so the old threshold calls A on
+    faces without it down to z0 = -0.75."""
+
+    def forward(self, x):
+        return MarkerNet()(x) + torch.tensor([30.0, 0.0])
+
+
+def test_unlabelled_photos_are_labelled_by_the_judge_and_recalibrate_like_labelled_ones(faces):
+    vae, cache, _ = faces
+    judge = Judge(ShiftedNet(), ["A", "C"], [0.5, 0.5], {"A": 1.0, "C": 0.6}, image_size=S)
+    truth = cache.labels[:, 0].astype(bool)
+    as_it_was = judge.decide(cache.batch(np.arange(len(cache))))[:, 0].numpy()
+    assert (as_it_was != truth).sum() >= 15  # the moved judge mislabels its thresholds' faces
+    photos = cache.relabelled(np.zeros((len(cache), 0)), [], "no labels")
+    labelled, adapted, why = V.judge_labelled(photos, judge, planted_bank(), progress=False)
+    assert labelled.attr_names == ["A"] and why == {}  # C: the judge never saw it
+    np.testing.assert_array_equal(labelled.labels[:, 0].astype(bool), truth)
+    assert labelled.meta["labels_from"].startswith("the judge's verdicts")
+    assert cache.attr_names == ["A", "C"]  # the cache itself is untouched
+    new, _ = V.recalibrate_vectors(vae, planted_bank(), labelled, judge=adapted, n_faces=50,
+                                   progress=False, keep_longer=True)  # fmt: skip
+    rec = new.metadata["calibration"]["A"]
+    assert rec["unit"] == pytest.approx(3.8, abs=1e-6)  # as with the true labels
+    assert rec["labels_from"] == labelled.meta["labels_from"]
+    assert "at_least" not in rec["add"]  # it lengthened: no floor needed
+    text = V.describe_calibration(V.merge_banks(planted_bank(), new))
+    assert "A 3.80x" in text and "labelled by the judge's verdicts, its thresholds set on" in text
+    assert "kept at the old strength where the new one was shorter: none" in text
+
+
+def test_keep_longer_never_shortens_a_step(faces):
+    """A bank twice as strong as it needs: recalibrated on labels its strength 1 halves; with
+    keep_longer (for labels a judge gave) it stays, and the record says so."""
+    vae, cache, judge = faces
+    strong = planted_bank()
+    strong = VectorBank({"A": np.array([1.9, 0, 0, 0])}, metadata=strong.metadata,
+                        footprints={"A": strong.footprints["A"]})  # fmt: skip
+    free, _ = V.recalibrate_vectors(vae, strong, cache, judge=judge, n_faces=50, progress=False)
+    assert free.metadata["calibration"]["A"]["unit"] == pytest.approx(0.5, abs=0.03)
+    kept, _ = V.recalibrate_vectors(vae, strong, cache, judge=judge, n_faces=50, progress=False,
+                                    keep_longer=True)  # fmt: skip
+    rec = kept.metadata["calibration"]["A"]
+    assert rec["unit"] == 1.0 and rec["add"]["at_least"] and rec["remove"]["at_least"]
+    np.testing.assert_allclose(kept["A"], [1.9, 0, 0, 0], rtol=1e-6)
+    assert rec["add"]["success_at_1"] == 1.0
+    assert "labelled by" not in V.describe_calibration(kept)  # true labels: no such line

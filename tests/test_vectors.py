@@ -419,11 +419,63 @@ def test_recalibrate_only_needs_a_bank_and_replaces_only_what_it_recalibrated(
     assert r.exit_code == 0, r.output
     assert seen["judge"] == "the judge" and seen["attributes"] == ["Bright"]
     assert seen["n_faces"] == 400 and seen["names"] == ["Bright", "Red"]
+    assert seen["keep_longer"] is False  # labelled faces: the strengths go either way
     assert "recalibrated 1 vectors (2 in the bank)" in r.output
     back = VectorBank.load(run_dir)
     np.testing.assert_array_equal(back["Bright"], 2 * old["Bright"])
     np.testing.assert_array_equal(back["Red"], old["Red"])
     assert "Bright 2.00x" in r.output
+
+
+def test_recalibrate_only_on_unlabelled_photos_has_the_banks_judge_label_them(
+    data, monkeypatch, tmp_path
+):
+    """Photos with no labels: the judge that calibrated the bank (RUN/judge, else --judge)
+    labels them (V.judge_labelled), and recalibrate_vectors gets those labels, the judge
+    with its thresholds set there and keep_longer; what it cannot tell apart is named. With
+    no judge to label them, a one-line error says what to give."""
+    import shutil
+
+    import conceptvae.evaluate as E
+
+    run_dir = fresh_run(data, tmp_path)
+    assert run("vectors", run_dir, data / "cache", "--no-calibrate").exit_code == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted((data / "src").glob("*.png")):
+        shutil.copy(f, photos / f.name)
+    one_line_error(run("vectors", run_dir, photos, "--recalibrate-only"),
+                   "has no labels and", "holds no judge to label its photos")  # fmt: skip
+    (run_dir / "judge").mkdir()
+    (run_dir / "judge" / "judge.json").write_text("{}")
+    monkeypatch.setattr(E.Judge, "load", classmethod(lambda cls, d, **kw: f"judge of {d}"))
+    seen = {}
+
+    def fake_labelled(cache, judge, bank, **kw):
+        seen.update(labelled_by=judge)
+        y = (np.arange(len(cache)) % 2)[:, None]
+        why = {"Red": "its two classes overlap here"}
+        return cache.relabelled(y, ["Bright"], "the judge's verdicts"), "the judge, set", why
+
+    def fake_recalibrate(vae, bank, cache, run_dir, **kw):
+        seen.update(kw, labels=list(cache.attr_names), source=cache.meta["labels_from"])
+        report = V.Report(["Bright"], np.ones(1), np.ones(1), np.ones((1, 1)), {}, problems={})
+        meta = bank.metadata
+        meta["calibration"] = {"Bright": {"unit": 1.5, "recalibrated_on": str(cache.path)}}
+        return VectorBank({"Bright": 1.5 * bank["Bright"]}, metadata=meta), report
+
+    monkeypatch.setattr(V, "judge_labelled", fake_labelled)
+    monkeypatch.setattr(V, "recalibrate_vectors", fake_recalibrate)
+    monkeypatch.setattr(E, "load_or_train_judge", lambda *a, **kw: pytest.fail("trained"))
+    r = run("vectors", run_dir, photos, "--recalibrate-only")
+    assert r.exit_code == 0, r.output
+    assert seen["labelled_by"] == f"judge of {run_dir / 'judge'}"
+    assert seen["judge"] == "the judge, set" and seen["keep_longer"] is True
+    assert seen["labels"] == ["Bright"] and seen["source"] == "the judge's verdicts"
+    assert "has no labels: the judge in" in r.stderr and "their strengths only lengthen" in r.stderr
+    assert "not recalibrated: Red: its two classes overlap here" in r.stderr
+    r = run("vectors", run_dir, photos, "--recalibrate-only", "--judge", tmp_path / "j")
+    one_line_error(r, "holds no judge to label its photos")  # --judge is where it looks
 
 
 def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):

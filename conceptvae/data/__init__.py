@@ -104,7 +104,7 @@ class LabelledImages:
     Attributes:
         root: the path the user gave.
         layout: one of ``celeba-official``, ``celeba-torchvision``, ``celeba-kaggle``,
-            ``folder-csv``, ``folder-pair``.
+            ``folder-csv``, ``folder-pair``, ``folder-photos`` (no labels).
         image_dir: the folder the filenames are relative to.
         filenames: N image file names (relative to ``image_dir``), in file order.
         attr_names: A attribute names.
@@ -136,15 +136,18 @@ class LabelledImages:
         return self.image_dir / self.filenames[i]
 
 
-def open_dataset(path: str | Path, labels: str | Path | None = None) -> LabelledImages:
+def open_dataset(
+    path: str | Path, labels: str | Path | None = None, *, unlabelled: bool = False
+) -> LabelledImages:
     """Detect what ``path`` holds and read it: CelebA (any of its three layouts) or a folder of
-    images with ``labels.csv`` (or the CSV given as ``labels``).
+    images with ``labels.csv`` (or the CSV given as ``labels``); with ``unlabelled``, also a
+    folder of images with no labels at all (:func:`~conceptvae.data.folder.read_photos`).
 
     Raises :class:`~conceptvae.errors.DataError` when ``path`` is none of these.
     """
     # Imported here: the readers import LabelledImages from this module.
     from conceptvae.data.celeba import detect_celeba_layout, read_celeba
-    from conceptvae.data.folder import read_folder
+    from conceptvae.data.folder import read_folder, read_photos
     from conceptvae.errors import DataError
 
     root = Path(path)
@@ -162,6 +165,8 @@ def open_dataset(path: str | Path, labels: str | Path | None = None) -> Labelled
         return read_celeba(root)
     if (root / "labels.csv").is_file():
         return read_folder(root)
+    if unlabelled:
+        return read_photos(root)
     raise DataError(
         f"{root} is not a dataset: expected CelebA (img_align_celeba/ + list_attr_celeba.txt), "
         "the torchvision layout (PATH/celeba/...), Kaggle CelebA (list_attr_celeba.csv), a "

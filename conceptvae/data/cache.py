@@ -996,6 +996,21 @@ class PreparedCache:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    def relabelled(self, labels: Any, names: Sequence[str], source: str) -> PreparedCache:
+        """The same images and splits with other labels, in memory (the folder is not touched):
+        ``labels`` (N, A) in {0, 1} for ``names``; ``source`` says where they came from
+        (``meta["labels_from"]``)."""
+        import copy
+
+        y = np.asarray(labels)
+        if y.shape != (len(self), len(names)):
+            raise ValueError(f"labels must be ({len(self)}, {len(names)}), got {y.shape}")
+        out = copy.copy(self)
+        out.labels = (y != 0).astype(np.uint8)
+        out.attr_names = list(names)
+        out.meta = {**self.meta, "labels_from": source}
+        return out
+
     def split(self, name: str) -> np.ndarray:
         """Row indices (int64, ascending) of ``"train"``, ``"valid"``, ``"test"`` or ``"all"``."""
         if name == "all":

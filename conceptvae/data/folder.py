@@ -237,6 +237,27 @@ def read_pair(
     )
 
 
+def read_photos(path: str | os.PathLike) -> LabelledImages:
+    """Every image under ``path`` (recursively, by extension), with no labels: a
+    :class:`LabelledImages` of layout ``folder-photos`` with no attributes, for the steps that
+    label photos themselves (``conceptvae vectors --recalibrate-only``)."""
+    root = Path(path)
+    files = _list_images(root)
+    if not files:
+        raise DataError(
+            f"{root} has no images ({', '.join(IMAGE_EXTENSIONS)}) and no labels.csv: put photos "
+            "in it"
+        )
+    return LabelledImages(
+        root=root,
+        layout="folder-photos",
+        image_dir=root,
+        filenames=[Path(f).relative_to(root).as_posix() for f in files],
+        attr_names=[],
+        labels=np.zeros((len(files), 0), dtype=np.uint8),
+    )
+
+
 def _list_images(folder: Path) -> list[str]:
     """Image files under ``folder``, recursively, sorted, as absolute path strings."""
     out = []
