@@ -778,6 +778,7 @@ def vectors(
         label_source = None
     vae = ConceptVAE.from_pretrained(run_dir, device=resolve_device(device))
     size = vae.config.image_size
+    unlabelled, kept = False, None  # photos with no labels; RUN's readers kept for them
     if pair:
         import tempfile
 
@@ -858,8 +859,10 @@ def vectors(
                 judge_factory=judge_factory if calibrate else None, n_faces=calibration_faces,
                 confirm_faces=confirm_faces, groups=groups,
             )  # fmt: skip
-        # the labels' readers (from the latents just encoded), and each vector's hold
-        readers = V.fit_readers(vae, c, run_dir, batch_size=batch_size)
+        # the labels' readers (from the latents just encoded), and each vector's hold; photos
+        # the judge labelled keep RUN's readers, fitted on true labels
+        kept = Readers.load(run_dir) if unlabelled else None
+        readers = kept or V.fit_readers(vae, c, run_dir, batch_size=batch_size)
         records = new.metadata.get("calibration", {}).values()
         if any(r.get("scale") == "judge" for r in records):
             new = V.add_holds(vae, new, judge_factory(), c, readers, run_dir,
@@ -869,7 +872,7 @@ def vectors(
     if old is not None and old.metadata.get("model_hash") != new.metadata.get("model_hash"):
         click.echo(f"warning: replacing the vectors in {run_dir}, made for another model", err=True)
     bank = V.merge_banks(old, new)
-    if not pair:  # the labels' readers, beside the bank (those of labels not fitted now kept)
+    if not pair and kept is None:  # the labels' readers (those of labels not fitted now kept)
         readers.merged(None if replace else Readers.load(run_dir)).save(run_dir)
     bank.save(run_dir)
     paths = V.save_report(report, run_dir, title=f"cosine similarity ({new.metadata['method']})")

@@ -432,8 +432,9 @@ def test_recalibrate_only_on_unlabelled_photos_has_the_banks_judge_label_them(
 ):
     """Photos with no labels: the judge that calibrated the bank (RUN/judge, else --judge)
     labels them (V.judge_labelled), and recalibrate_vectors gets those labels, the judge
-    with its thresholds set there and keep_longer; what it cannot tell apart is named. With
-    no judge to label them, a one-line error says what to give."""
+    with its thresholds set there and keep_longer; what it cannot tell apart is named, and
+    RUN's readers are kept as they were. With no judge to label them, a one-line error says
+    what to give."""
     import shutil
 
     import conceptvae.evaluate as E
@@ -467,8 +468,11 @@ def test_recalibrate_only_on_unlabelled_photos_has_the_banks_judge_label_them(
     monkeypatch.setattr(V, "judge_labelled", fake_labelled)
     monkeypatch.setattr(V, "recalibrate_vectors", fake_recalibrate)
     monkeypatch.setattr(E, "load_or_train_judge", lambda *a, **kw: pytest.fail("trained"))
+    readers = (run_dir / "readers.safetensors").read_bytes()
     r = run("vectors", run_dir, photos, "--recalibrate-only")
     assert r.exit_code == 0, r.output
+    # RUN's readers (true labels) are kept, not fitted again on the judge's verdicts
+    assert (run_dir / "readers.safetensors").read_bytes() == readers
     assert seen["labelled_by"] == f"judge of {run_dir / 'judge'}"
     assert seen["judge"] == "the judge, set" and seen["keep_longer"] is True
     assert seen["labels"] == ["Bright"] and seen["source"] == "the judge's verdicts"
