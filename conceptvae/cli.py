@@ -846,7 +846,8 @@ def vectors(
             bank = saved_bank("recalibrate")
             unlabelled = not c.attr_names
             if unlabelled:  # the bank's judge labels the photos, its thresholds set on them
-                c, chosen["judge"] = _photos_judged(c, bank, run_dir, judge_dir, vae.device)
+                c, chosen["judge"] = _photos_judged(c, bank, run_dir, judge_dir, vae.device,
+                                                    _names(attributes))  # fmt: skip
             new, report = V.recalibrate_vectors(
                 vae, bank, c, run_dir, judge=judge_factory(), attributes=_names(attributes),
                 n_faces=max(calibration_faces, confirm_faces), batch_size=batch_size,
@@ -887,10 +888,11 @@ def vectors(
     )
 
 
-def _photos_judged(cache, bank, run_dir, judge_dir, device):
+def _photos_judged(cache, bank, run_dir, judge_dir, device, asked=None):
     """Unlabelled photos for `vectors --recalibrate-only`: labelled by the judge that
     calibrated the bank (--judge, else RUN/judge), its thresholds set on them; says which
-    attributes it still tells apart. Returns the relabelled cache and that judge."""
+    attributes it still tells apart, and refuses an ``asked`` one (--attributes) it does not.
+    Returns the relabelled cache and that judge."""
     from pathlib import Path
 
     from conceptvae import vectors as V
@@ -905,6 +907,14 @@ def _photos_judged(cache, bank, run_dir, judge_dir, device):
     judge = Judge.load(folder, device=device)
     relabelled, adapted, why = V.judge_labelled(cache, judge, bank)
     seen = relabelled.attr_names
+    unseen = {n.casefold(): n for n in why}
+    for name in asked or []:
+        if name.casefold() in unseen:
+            n = unseen[name.casefold()]
+            raise DataError(
+                f"the judge in {folder} does not tell {n} apart on the photos of {cache.path} "
+                f"({why[n]}): leave it out of --attributes, or label the photos (--labels)"
+            )
     click.echo(
         f"{cache.path} has no labels: the judge in {folder} labelled its {len(cache)} photos, "
         f"its thresholds set on them; it tells {len(seen)} attributes apart there "

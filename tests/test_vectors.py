@@ -480,6 +480,9 @@ def test_recalibrate_only_on_unlabelled_photos_has_the_banks_judge_label_them(
     assert "not recalibrated: Red: its two classes overlap here" in r.stderr
     r = run("vectors", run_dir, photos, "--recalibrate-only", "--judge", tmp_path / "j")
     one_line_error(r, "holds no judge to label its photos")  # --judge is where it looks
+    r = run("vectors", run_dir, photos, "--recalibrate-only", "--attributes", "red")
+    one_line_error(r, "does not tell Red apart on the photos", "its two classes overlap here",
+                   "leave it out of --attributes")  # fmt: skip
 
 
 def test_vectors_calibrates_with_the_judge_given(data, monkeypatch, tmp_path):
