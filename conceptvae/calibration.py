@@ -475,15 +475,11 @@ def lengthened(
     leakage into those."""
     base = read_at(strengths, leakage, floor, 0.0)
     allowed = floor
-    for s, leak in zip(strengths, leakage):
-        if s <= floor:
-            continue
-        if s >= step:
-            return step if read_at(strengths, leakage, step, 0.0) <= base + budget else allowed
-        if leak > base + budget:
+    for s in [*(g for g in strengths if floor < g < step), step]:
+        if read_at(strengths, leakage, s, 0.0) > base + budget:
             return allowed
         allowed = s
-    return step if allowed >= step else allowed
+    return step
 
 
 def _scaled(raw: Any, unit: float) -> np.ndarray:

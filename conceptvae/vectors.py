@@ -557,7 +557,7 @@ def judge_labelled(
             f"(its thresholds set there): label the photos (--labels) to recalibrate"
         )
     cols = [adapted.names.index(n) for n in seen]
-    labels = np.asarray(logits, dtype=np.float64)[:, cols] >= adapted.cuts()[cols]
+    labels = adapted.verdicts(logits)[:, cols].numpy()
     source = f"the judge's verdicts, its thresholds set on {where}"
     return cache.relabelled(labels, seen, source), adapted, why
 
@@ -1143,13 +1143,13 @@ def describe_calibration(bank: VectorBank) -> str:
             + ", ".join(f"{n} {f(cal[n].get('unit'), '.2f')}x" for n in again)
             + f" on {cal[again[0]]['recalibrated_on']}"
         )
-        floored = [
-            f"{n} {'+' if d == 'add' else '-'}"
-            for n in again
-            for d in ("add", "remove")
-            if (cal[n].get(d) or {}).get("at_least")
-        ]
         if "labels_from" in cal[again[0]]:  # no labels: the judge's verdicts, lengthen only
+            floored = [
+                f"{n} {'+' if d == 'add' else '-'}"
+                for n in again
+                for d in ("add", "remove")
+                if (cal[n].get(d) or {}).get("at_least")
+            ]
             lines.append(
                 f"  labelled by {cal[again[0]]['labels_from']}; kept at the old strength where "
                 f"the new one was shorter: {', '.join(floored) or 'none'}"

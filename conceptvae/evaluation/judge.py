@@ -187,8 +187,12 @@ class Judge:
     def decide(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """The judge's verdicts (B, A) bool: probability >= the attribute's threshold (compared
         as logits in float64, so that a threshold near 0 or 1 is not lost to float32)."""
-        logits = self.logits(images, batch_size).double()
-        return logits >= torch.as_tensor(self.cuts(), device=logits.device)
+        return self.verdicts(self.logits(images, batch_size))
+
+    def verdicts(self, logits: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The verdicts (B, A) bool of logits (B, A) this judge gave: ``logit >= cut``."""
+        x = torch.as_tensor(logits).double()
+        return x >= torch.as_tensor(self.cuts(), device=x.device)
 
     def cuts(self) -> np.ndarray:
         """The thresholds as logits (A,) float64: a verdict is ``logit >= cut``."""
@@ -530,12 +534,8 @@ def _score_judge(
 ) -> tuple[np.ndarray, dict[str, float | None], dict[str, str]]:
     """Thresholds, balanced accuracies and notes of a trained net on the ``valid_idx`` images."""
     judge = Judge(net, names, np.full(len(names), 0.5), {}, image_size=cache.image_size)
-    probs = np.concatenate(
-        [
-            judge.predict(cache.batch(valid_idx[k : k + 512])).cpu().numpy()
-            for k in range(0, valid_idx.size, 512)
-        ]
-    )
+    logits = judge_logits(judge, cache, rows=valid_idx, progress=False)
+    probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
     return _judge_thresholds(probs, np.asarray(cache.labels[valid_idx]), names, trainable, seed)
 
 
@@ -594,10 +594,16 @@ def _within(share: float, before: float) -> bool:
 
 
 def judge_logits(
-    judge: Judge, cache: PreparedCache, *, batch_size: int = 512, progress: bool = True
+    judge: Judge,
+    cache: PreparedCache,
+    *,
+    rows: np.ndarray | None = None,
+    batch_size: int = 512,
+    progress: bool = True,
 ) -> np.ndarray:
-    """The judge's logits (N, A) float32 for every image of ``cache``."""
-    rows = np.arange(len(cache))
+    """The judge's logits (N, A) float32 for the images of ``cache`` at ``rows`` (default:
+    every image), in that order."""
+    rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
     starts = tqdm(range(0, rows.size, batch_size), desc="judging", unit="batch",
                   disable=not progress, leave=False)  # fmt: skip
     out = [judge.logits(cache.batch(rows[k : k + batch_size])).cpu().numpy() for k in starts]
@@ -638,8 +644,9 @@ def thresholds_set_on(
     thresholds = judge.thresholds.copy()
     accuracy: dict[str, float | None] = {n: None for n in judge.names}
     why: dict[str, str] = {}
+    seen_before = set(judge.judged(min_accuracy))
     for j, name in enumerate(judge.names):
-        if name not in judge.judged(min_accuracy):
+        if name not in seen_before:
             continue
         cut, est, share = _mixture_cut(logits[:, j], seed)
         thresholds[j] = 1.0 / (1.0 + math.exp(-cut))
